@@ -1,0 +1,189 @@
+"""Codecs: geometry ↔ answer text. Grid tokens are the default; others plug in by name.
+
+A codec knows how one instance is written on one answer line and read back from it. Everything
+around the lines (`<think>`, `<answer>`, splitting, error collection) is shared, so the rewards,
+the data builders and the trainer see the same `ParsedAnswer` whatever the representation.
+
+To add a representation: subclass `Codec`, implement `new_tokens`, `format_instance` and
+`parse_line`, and register the class in `CODECS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from tokens.answer import (
+    Errors,
+    Instance,
+    ParsedAnswer,
+    answer_lines,
+    answer_region,
+    check_structure,
+    line_items,
+)
+from tokens.vocab import DEFAULT_VOCAB, GRID_TOKEN_RE, SpatialVocab
+
+
+class Codec(ABC):
+    """Writes instances as answer lines and reads them back."""
+
+    name: str = ""
+
+    @abstractmethod
+    def new_tokens(self) -> list[str]:
+        """Tokens this codec needs added to the tokenizer (empty for plain-text codecs)."""
+
+    @abstractmethod
+    def format_instance(self, instance: Instance) -> str:
+        """One answer line for `instance` (normalized coordinates)."""
+
+    @abstractmethod
+    def parse_line(self, line: str, errors: Errors) -> tuple[Instance | None, bool]:
+        """Read one non-empty answer line.
+
+        Returns (instance or None when nothing valid could be read, well_formed). Problems are
+        added to `errors`, prefixed by nothing: the caller adds the line number. Never raises.
+        """
+
+    def serialize_answer(self, instances: Sequence[Instance], think: str = "") -> str:
+        """`<think>{think}</think>` then an `<answer>` block with one line per instance."""
+        lines = [self.format_instance(inst) for inst in instances]
+        body = "\n" + "".join(line + "\n" for line in lines) if lines else ""
+        return f"<think>{think}</think>\n<answer>{body}</answer>"
+
+    def parse_answer(self, text: str) -> ParsedAnswer:
+        """Parse any completion; never raises. See `ParsedAnswer` for what comes back."""
+        if not isinstance(text, str):
+            return ParsedAnswer([], [f"completion is {type(text).__name__}, not str"],
+                                False, False, False, 0)
+        errors = Errors()
+        structure_ok = check_structure(text)
+        if not structure_ok:
+            errors.add("completion is not exactly <think>…</think><answer>…</answer>")
+        region = answer_region(text, errors)
+        instances, lines_ok, n = [], region is not None, 0
+        if region is not None:
+            for n, line in enumerate(answer_lines(region), start=1):
+                line_errors = Errors()
+                inst, ok = self.parse_line(line, line_errors)
+                for e in line_errors.summary():
+                    errors.add(f"line {n}: {e}")
+                lines_ok &= ok
+                if inst is not None and not inst.is_empty:
+                    instances.append(inst)
+        return ParsedAnswer(instances, errors.summary(), structure_ok, lines_ok,
+                            region is not None, n)
+
+
+class GridCodec(Codec):
+    """`<box><grid_i_j><grid_i_j></box><seg><grid_i_j>…</seg>` on the lattice of `vocab`.
+
+    Quantization: every coordinate decodes to a cell centre, within half a cell (1/(2G)) of
+    the point that was encoded.
+    """
+
+    name = "grid"
+
+    def __init__(self, vocab: SpatialVocab = DEFAULT_VOCAB):
+        self.vocab = vocab
+
+    def new_tokens(self) -> list[str]:
+        return self.vocab.all_tokens()
+
+    def format_instance(self, instance: Instance) -> str:
+        v = self.vocab
+        parts = []
+        if instance.box is not None:
+            x1, y1, x2, y2 = instance.box
+            parts.append(f"<box>{v.point_to_token(x1, y1)}{v.point_to_token(x2, y2)}</box>")
+        if instance.points:
+            parts.append("<seg>" + "".join(v.point_to_token(x, y) for x, y in instance.points)
+                         + "</seg>")
+        if not parts:
+            raise ValueError("an instance needs a box or at least one point to be written")
+        return "".join(parts)
+
+    def parse_line(self, line: str, errors: Errors) -> tuple[Instance | None, bool]:
+        v = self.vocab
+        groups: dict[str, list[tuple[int, int]]] = {}
+        ok = True
+        state: str | None = None  # the open group, "box" or "seg"
+        cells: list[tuple[int, int]] = []
+        bad_box = False  # the first box group had an out-of-range token
+
+        def close():
+            nonlocal state, cells, ok
+            if state in groups:
+                errors.add(f"more than one <{state}>; only the first is read")
+                ok = False
+            else:
+                groups[state] = cells
+            state, cells = None, []
+
+        for item in line_items(line):
+            if item in ("<box>", "<seg>"):
+                if state is not None:
+                    errors.add(f"<{state}> is not closed before {item}")
+                    ok = False
+                    close()
+                state = item[1:-1]
+            elif item in ("</box>", "</seg>"):
+                if state != item[2:-1]:
+                    errors.add(f"{item} without its opening tag")
+                    ok = False
+                else:
+                    close()
+            elif m := GRID_TOKEN_RE.fullmatch(item):
+                i, j = int(m.group(1)), int(m.group(2))
+                if state is None:
+                    errors.add(f"{item} outside <box>/<seg>")
+                    ok = False
+                elif not v.cell_in_range(i, j):
+                    errors.add(f"{item} is out of range for a {v.grid_size}-grid")
+                    ok = False
+                    bad_box |= state == "box" and "box" not in groups
+                else:
+                    cells.append((i, j))
+            else:
+                errors.add(f"unexpected {item[:40]!r}")
+                ok = False
+        if state is not None:
+            errors.add(f"<{state}> is not closed at the end of the line")
+            ok = False
+            close()
+
+        box = None
+        if "box" in groups:
+            box_cells = groups["box"]
+            if len(box_cells) != 2 or bad_box:
+                errors.add(f"<box> needs exactly two in-range grid tokens, got {len(box_cells)}"
+                           + (" valid" if bad_box else ""))
+                ok = False
+            else:
+                (x1, y1), (x2, y2) = (v.cell_center(*c) for c in box_cells)
+                if x1 > x2 or y1 > y2:
+                    errors.add("<box> corners are not top-left then bottom-right")
+                    ok = False
+                box = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+        points = [v.cell_center(*c) for c in groups.get("seg", [])]
+        if "seg" in groups and not points:
+            errors.add("<seg> has no valid grid token")
+            ok = False
+        if not groups:
+            errors.add("no <box> or <seg>")
+            ok = False
+        inst = Instance(box, points)
+        return (None if inst.is_empty else inst), ok
+
+
+CODECS: dict[str, type[Codec]] = {"grid": GridCodec}
+
+
+def get_codec(name: str = "grid", **kwargs) -> Codec:
+    """Build a registered codec by its config name."""
+    try:
+        cls = CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; known: {sorted(CODECS)}") from None
+    return cls(**kwargs)
