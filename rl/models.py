@@ -1,0 +1,181 @@
+"""Models by path, and a tiny Qwen2.5-VL built offline for the default run and the tests.
+
+No model hub is reachable on the machines this package is tested on, so the tiny model is built
+from a config with random weights: a byte-level BPE tokenizer trained here with the `tokenizers`
+library, the Qwen chat special tokens, a chat template, and the Qwen2-VL image/video processors
+inside a `Qwen2_5_VLProcessor`. It saves and reloads with `AutoProcessor` and
+`AutoModelForImageTextToText`, exactly like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+# Qwen's chat and vision special tokens, in the order the tiny tokenizer gives them ids.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# A Qwen2-VL style chat template written for this package. Assistant content is wrapped in
+# {% generation %} so TRL's `assistant_only_loss=True` can mask everything else.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_WORDS = (
+    "the a an of and to in on left right above below of with is are all every no none "
+    "red green blue yellow purple orange cyan white black gray pink brown "
+    "circle square triangle star ellipse rectangle shape shapes object objects "
+    "small large largest smallest biggest leftmost rightmost top bottom middle "
+    "find segment point box locate where which please refine answer think output "
+    "image picture region mask first then offsets tokens grid instance instances"
+).split()
+
+
+def _training_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
+    """Short English-like lines, digits and chat markup for training the tiny BPE."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 12))]
+        nums = [str(rng.randint(0, 1000)) for _ in range(rng.randint(0, 4))]
+        lines.append(" ".join(words + nums) + rng.choice([".", "?", "", ","]))
+    lines += ["<think>", "</think>", "<answer>", "</answer>", "<box>", "</box>", "<seg>", "</seg>"]
+    lines += [f"({i}, {j})" for i, j in itertools.product(range(64), range(0, 64, 7))]
+    return lines
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained offline in about a second."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+
+
+def build_tiny_qwen2_5_vl(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vision_hidden_size: int = 64,
+    vision_depth: int = 2,
+    tie_word_embeddings: bool = True,
+    tokenizer_vocab_size: int = 1024,
+    image_size: int = 112,
+    seed: int = 0,
+) -> Path:
+    """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
+
+    `image_size` fixes the processor's pixel budget so every image becomes
+    (image_size / 28)² merged visual tokens (16 at 112 px).
+    Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
+    """
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(tokenizer_vocab_size)
+    head_dim = hidden_size // num_heads
+    if head_dim % 8:
+        raise ValueError(f"hidden_size/num_heads = {head_dim} must be a multiple of 8 (mrope)")
+    # mrope splits head_dim/2 rotary frequencies over (time, height, width).
+    t = head_dim // 8
+    mrope_section = [t, (head_dim // 2 - t) // 2, head_dim // 2 - t - (head_dim // 2 - t) // 2]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": mrope_section},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=tie_word_embeddings,
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden_size,
+            intermediate_size=vision_hidden_size * 2,
+            num_heads=max(1, vision_hidden_size // 32),
+            out_hidden_size=hidden_size,
+            fullatt_block_indexes=[vision_depth - 1],
+            window_size=112,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

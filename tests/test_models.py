@@ -1,0 +1,37 @@
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from rl.models import QWEN_SPECIAL_TOKENS, build_tiny_tokenizer
+
+
+def test_tiny_model_reloads_and_generates(tiny_model_dirs):
+    for kind, path in tiny_model_dirs.items():
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        proc = AutoProcessor.from_pretrained(path)
+        assert model.config.tie_word_embeddings == (kind == "tied")
+        assert proc.tokenizer.padding_side == "left"
+        assert model.config.image_token_id == proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        msgs = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "the red circle"}]}]
+        text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        assert text.endswith("<|im_start|>assistant\n")
+        image = Image.fromarray(np.zeros((112, 112, 3), np.uint8))
+        inputs = proc(text=[text], images=[image], return_tensors="pt")
+        # 112 px → 8×8 patches of 14 px, merged 2×2: 16 visual tokens.
+        assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_tokenizer_has_qwen_specials_and_marks_assistant_spans():
+    tok = build_tiny_tokenizer()
+    for t in QWEN_SPECIAL_TOKENS:
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1
+    msgs = [{"role": "user", "content": "find it"}, {"role": "assistant", "content": "here"}]
+    enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    marked = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    assert tok.decode(marked) == "here<|im_end|>"
