@@ -1,0 +1,24 @@
+"""The README's two set-up commands are the ones CI and the demo really run."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bash_blocks():
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def test_ci_runs_the_readme_test_command():
+    test_cmd = 'pip install -e ".[test]" && pytest -q'
+    assert any(b.strip() == test_cmd for b in bash_blocks())
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd in ci.splitlines()
+    assert "ruff check ." in ci
+
+
+def test_readme_default_command_names_a_real_module():
+    cmd = bash_blocks()[0].strip()
+    module = re.search(r"python -m ([\w.]+)", cmd).group(1)
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
