@@ -20,11 +20,11 @@ import numpy as np
 
 from tokens.answer import Instance
 from tokens.codec import GridCodec
-from tokens.decoders import ColorRegionProposer, SuperpixelProposer, points_in_mask
+from tokens.decoders import RegionDecoder, SuperpixelProposer, points_in_mask
 from tokens.greedy import greedy_convert
 from tokens.vocab import SpatialVocab
 
-PROPOSERS = {"region": ColorRegionProposer, "slic": SuperpixelProposer}
+PROPOSERS = {"region": RegionDecoder, "slic": SuperpixelProposer}
 
 
 def _garbage(rng: np.random.Generator, vocab: SpatialVocab, clean: str) -> str:

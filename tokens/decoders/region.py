@@ -1,9 +1,8 @@
-"""A weight-free proposer: connected regions of (quantized) colour, no download, any CPU.
+"""Weight-free mask decoding and proposals: no download, any CPU.
 
-A stand-in for SAM's "segment everything" on machines without SAM weights. On the bundled
-synthetic scenes (flat or lightly textured shapes) a shape is one colour region, so the
-proposals are the shapes themselves; on natural photographs it over-segments, and SAM should
-be used.
+Stand-ins for SAM on machines without SAM weights. On the bundled synthetic scenes (flat or
+lightly textured shapes) a shape is one colour region, so prompts and proposals give the shapes
+themselves; on natural photographs they over-segment, and SAM should be used.
 """
 
 from __future__ import annotations
@@ -12,37 +11,85 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label
 
-from tokens.decoders.base import MaskProposals, grid_points_px
+from tokens.decoders.base import MaskDecoder, MaskProposals, as_image_array, grid_points_px
 from tokens.vocab import SpatialVocab
 
 
-class ColorRegionProposer:
-    """Proposals = connected regions of equal quantized colour hit by a lattice point.
+class RegionDecoder(MaskDecoder):
+    """Weight-free decoder: connected regions of equal quantized colour, seeded by the prompt.
+
+    The "embedding" is the image's region label map (computed once per image, cached like a
+    SAM embedding). A point selects the region under it; several points select the union of
+    their regions; a box bounds the mask, drops point regions lying mostly outside it (a point
+    on the background), and on its own selects the region that best fills it (pixels inside
+    the box × fraction of the region inside the box). Good enough on the bundled synthetic
+    scenes to give real masks; a stand-in for machines without SAM weights, not a model of
+    natural images.
 
     Args:
         levels: quantization levels per channel (8 → 3 bits); coarser merges texture.
         min_area: regions smaller than this many pixels are not proposed.
         max_area_frac: regions larger than this fraction of the image (the background) are not
             proposed.
+        cache_size: images whose label maps are kept.
     """
 
-    def __init__(self, levels: int = 8, min_area: int = 4, max_area_frac: float = 0.5):
+    name = "region"
+
+    def __init__(self, levels: int = 8, min_area: int = 4, max_area_frac: float = 0.5,
+                 cache_size: int = 64):
+        super().__init__(cache_size)
         self.levels = levels
         self.min_area = min_area
         self.max_area_frac = max_area_frac
 
     def regions(self, image_hw3: np.ndarray) -> np.ndarray:
         """(H, W) int labels of connected equal-colour regions (4-connectivity), from 1."""
-        img = np.asarray(image_hw3)
-        if img.ndim != 3 or img.shape[2] < 3:
-            raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
-        q = (img[..., :3].astype(np.int64) * self.levels) // 256
+        img = as_image_array(image_hw3)
+        q = (img.astype(np.int64) * self.levels) // 256
         colour = (q[..., 0] * self.levels + q[..., 1]) * self.levels + q[..., 2]
         return label(colour + 1, background=0, connectivity=1)
 
-    def propose(self, image_hw3: np.ndarray, vocab: SpatialVocab) -> MaskProposals:
-        return proposals_from_labels(self.regions(image_hw3), vocab, self.min_area,
-                                     self.max_area_frac)
+    def _embed(self, image_hw3: np.ndarray):
+        labels = self.regions(image_hw3)
+        return labels, np.bincount(labels.ravel())
+
+    def _decode_batch(self, embedding, image_hw3, prompts):
+        labels, areas = embedding
+        h, w = labels.shape
+        masks = np.zeros((len(prompts), h, w), dtype=bool)
+        for k, p in enumerate(prompts):
+            window = None
+            if p.box_xyxy_px is not None:
+                x1, y1, x2, y2 = p.box_xyxy_px
+                c0, r0 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+                c1, r1 = min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2)))
+                window = (slice(r0, max(r0, r1)), slice(c0, max(c0, c1)))
+            inside = (np.bincount(labels[window].ravel(), minlength=len(areas))
+                      if window is not None else None)
+            chosen = set()
+            for x, y in p.points_xy_px:
+                lab = labels[min(h - 1, max(0, int(y))), min(w - 1, max(0, int(x)))]
+                if inside is None or inside[lab] >= 0.5 * areas[lab]:
+                    chosen.add(int(lab))
+            if not chosen and inside is not None and inside.sum() > 0:
+                fill = inside.astype(np.float64) ** 2 / np.maximum(areas, 1)
+                chosen.add(int(np.argmax(fill)))
+            if chosen:
+                m = np.isin(labels, list(chosen))
+                if window is not None:
+                    bounded = np.zeros_like(m)
+                    bounded[window] = m[window]
+                    m = bounded
+                masks[k] = m
+        return masks, np.ones(len(prompts))
+
+    def propose(self, image, vocab: SpatialVocab, min_score: float = 0.0,
+                dedupe_iou: float = 0.9) -> MaskProposals:
+        """The regions hit by lattice points, each tagged with the point deepest inside it
+        (exact duplicates cannot occur: one region, one proposal)."""
+        labels, _ = self.embedding(image)
+        return proposals_from_labels(labels, vocab, self.min_area, self.max_area_frac)
 
 
 class SuperpixelProposer:
@@ -60,11 +107,8 @@ class SuperpixelProposer:
     def regions(self, image_hw3: np.ndarray) -> np.ndarray:
         from skimage.segmentation import slic
 
-        img = np.asarray(image_hw3)
-        if img.ndim != 3 or img.shape[2] < 3:
-            raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
-        return slic(img[..., :3], n_segments=self.n_segments, compactness=self.compactness,
-                    start_label=1, enforce_connectivity=True)
+        return slic(as_image_array(image_hw3), n_segments=self.n_segments,
+                    compactness=self.compactness, start_label=1, enforce_connectivity=True)
 
     def propose(self, image_hw3: np.ndarray, vocab: SpatialVocab) -> MaskProposals:
         return proposals_from_labels(self.regions(image_hw3), vocab, self.min_area,
