@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 from skimage.draw import ellipse, polygon
 
 COLOURS = {
@@ -70,8 +71,9 @@ def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
     """Draw `n_objects` shapes of distinct (shape, colour) pairs on a (H, W) = `size` image.
 
     Radii are fractions of the shorter side. An object that would cover more than
-    1 - `min_visible` of one drawn before it is re-drawn elsewhere, so every object keeps at
-    least that fraction of its pixels visible. Returns the (H, W, 3) uint8 image and objects.
+    1 - `min_visible` of one drawn before it, or touch one of its colour, is re-drawn
+    elsewhere, so every object keeps at least that fraction of its pixels visible and is a
+    colour region of its own. Returns the (H, W, 3) uint8 image and objects.
     """
     h, w = size
     image = np.empty((h, w, 3), dtype=np.uint8)
@@ -87,8 +89,13 @@ def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
             cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
             m = _shape_mask(shape, cx, cy, r, h, w, rng)
             visible = [o.mask_hw & ~m for o in objects]
-            if m.sum() >= 9 and all(v.sum() >= min_visible * f.sum()
-                                    for v, f in zip(visible, full_masks)):
+            # Same-colour objects never touch, so every object stays its own colour region.
+            grown = binary_dilation(m, iterations=2)
+            if (m.sum() >= 9
+                    and all(v.sum() >= min_visible * f.sum()
+                            for v, f in zip(visible, full_masks, strict=True))
+                    and not any(o.colour == colour and (grown & o.mask_hw).any()
+                                for o in objects)):
                 break
         else:
             raise RuntimeError(f"could not place {n_objects} objects on a {w}x{h} image")

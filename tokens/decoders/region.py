@@ -20,9 +20,10 @@ class RegionDecoder(MaskDecoder):
 
     The "embedding" is the image's region label map (computed once per image, cached like a
     SAM embedding). A point selects the region under it; several points select the union of
-    their regions; a box bounds the mask, drops point regions lying mostly outside it (a point
-    on the background), and on its own selects the region that best fills it (pixels inside
-    the box × fraction of the region inside the box). Good enough on the bundled synthetic
+    their regions; a box (grown by `box_pad` of its shorter side, since boxes decoded from grid
+    tokens join cell centres and fall short of the object) bounds the mask, drops point regions lying
+    mostly outside it (a point on the background), and on its own selects the region that best
+    fills it (pixels inside the box × fraction of the region inside the box). Good enough on the bundled synthetic
     scenes to give real masks; a stand-in for machines without SAM weights, not a model of
     natural images.
 
@@ -31,14 +32,16 @@ class RegionDecoder(MaskDecoder):
         min_area: regions smaller than this many pixels are not proposed.
         max_area_frac: regions larger than this fraction of the image (the background) are not
             proposed.
+        box_pad: a box bounds the mask once grown by this fraction of its shorter side.
         cache_size: images whose label maps are kept.
     """
 
     name = "region"
 
     def __init__(self, levels: int = 8, min_area: int = 4, max_area_frac: float = 0.5,
-                 cache_size: int = 64):
+                 box_pad: float = 0.25, cache_size: int = 64):
         super().__init__(cache_size)
+        self.box_pad = box_pad
         self.levels = levels
         self.min_area = min_area
         self.max_area_frac = max_area_frac
@@ -62,9 +65,12 @@ class RegionDecoder(MaskDecoder):
             window = None
             if p.box_xyxy_px is not None:
                 x1, y1, x2, y2 = p.box_xyxy_px
-                c0, r0 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
-                c1, r1 = min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2)))
-                window = (slice(r0, max(r0, r1)), slice(c0, max(c0, c1)))
+                tight = _window(x1, y1, x2, y2, h, w)
+                # Boxes decoded from grid tokens join cell centres, so they fall short of the
+                # object by up to half a cell per side: bound the mask by the box grown by a
+                # quarter of its shorter side, not by the box itself.
+                pad = self.box_pad * min(x2 - x1, y2 - y1)
+                window = _window(x1 - pad, y1 - pad, x2 + pad, y2 + pad, h, w)
             inside = (np.bincount(labels[window].ravel(), minlength=len(areas))
                       if window is not None else None)
             chosen = set()
@@ -73,7 +79,8 @@ class RegionDecoder(MaskDecoder):
                 if inside is None or inside[lab] >= 0.5 * areas[lab]:
                     chosen.add(int(lab))
             if not chosen and inside is not None and inside.sum() > 0:
-                fill = inside.astype(np.float64) ** 2 / np.maximum(areas, 1)
+                in_tight = np.bincount(labels[tight].ravel(), minlength=len(areas))
+                fill = in_tight.astype(np.float64) ** 2 / np.maximum(areas, 1)
                 chosen.add(int(np.argmax(fill)))
             if chosen:
                 m = np.isin(labels, list(chosen))
@@ -90,6 +97,13 @@ class RegionDecoder(MaskDecoder):
         (exact duplicates cannot occur: one region, one proposal)."""
         labels, _ = self.embedding(image)
         return proposals_from_labels(labels, vocab, self.min_area, self.max_area_frac)
+
+
+def _window(x1, y1, x2, y2, h: int, w: int) -> tuple[slice, slice]:
+    """The pixel rows and columns a pixel-frame box covers, clipped to the image."""
+    c0, r0 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+    c1, r1 = min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2)))
+    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
 
 
 class SuperpixelProposer:

@@ -1,0 +1,175 @@
+"""What every reward shares: reading TRL's arguments, parsing, matching, decoding masks.
+
+A reward is called by TRL as `reward(prompts=..., completions=..., completion_ids=...,
+**dataset_columns, trainer_state=..., log_metric=..., log_extra=...)` with one entry per
+completion in every list. Completions are strings, or (conversational datasets) lists of
+messages whose last one is the assistant's answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from rewards.matching import Matching, match
+from rewards.solution import GroundTruth, SolutionCache
+from tokens.answer import Instance
+from tokens.codec import Codec, get_codec
+from tokens.decoders import MaskDecoder, Prompt, as_image_array, build_decoder, image_key
+from tokens.vocab import SpatialVocab
+
+
+def completion_text(completion) -> str:
+    """The text of one completion; never raises (odd shapes give their `str`)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        content = completion[-1].get("content", "")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, Sequence):
+            return "".join(p.get("text", "") for p in content
+                           if isinstance(p, Mapping) and p.get("type") == "text")
+    return "" if completion is None else str(completion)
+
+
+def column(kwargs: Mapping, name: str, n: int, reward: str) -> list:
+    """The dataset column `name`, checked to hold one value per completion."""
+    if name not in kwargs or kwargs[name] is None:
+        known = sorted(k for k in kwargs if k not in ("trainer_state", "log_metric", "log_extra"))
+        raise KeyError(f"reward {reward!r} needs the dataset column {name!r}; the batch has "
+                       f"{known}")
+    values = kwargs[name]
+    if len(values) != n:
+        raise ValueError(f"reward {reward!r}: column {name!r} has {len(values)} values for "
+                         f"{n} completions")
+    return list(values)
+
+
+def log(kwargs: Mapping, name: str, values) -> None:
+    """Log the mean of `values` through TRL's `log_metric`, when TRL passed one."""
+    log_metric = kwargs.get("log_metric")
+    values = [v for v in values if v is not None]
+    if log_metric is not None and values:
+        log_metric(name, float(np.mean(values)))
+
+
+class Reward:
+    """Base of the parameterized rewards: a picklable callable whose `__name__` is its config
+    name, holding the codec and the matching parameters of §6."""
+
+    name = ""
+
+    def __init__(self, codec: str | Codec = "grid", vocab: SpatialVocab | Mapping | None = None,
+                 match_weights: Sequence[float] = (1.0, 1.0, 1.0), l1_scale: float = 0.05):
+        if isinstance(vocab, Mapping):
+            vocab = SpatialVocab(**vocab)
+        self.vocab = vocab or SpatialVocab()
+        self.codec = (codec if isinstance(codec, Codec)
+                      else get_codec(codec, vocab=self.vocab) if codec == "grid"
+                      else get_codec(codec))
+        if len(match_weights) != 3:
+            raise ValueError(f"match_weights needs (w_iou, w_hit, w_box), got {match_weights!r}")
+        self.match_weights = tuple(float(w) for w in match_weights)
+        self.l1_scale = float(l1_scale)
+        self.solutions = SolutionCache()
+        self.__name__ = self.name
+
+    def texts(self, completions) -> list[str]:
+        return [completion_text(c) for c in completions]
+
+    def ground_truth(self, kwargs, n: int) -> list[GroundTruth]:
+        return [self.solutions.get(v, row) for row, v in
+                enumerate(column(kwargs, "solution", n, self.name))]
+
+    def match(self, instances: Sequence[Instance], gt: GroundTruth) -> Matching:
+        return match(instances, gt, self.match_weights, self.l1_scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# ---- masks -------------------------------------------------------------------------------------
+_SHARED_DECODERS: dict[str, MaskDecoder] = {}
+
+
+def shared_decoder(spec) -> MaskDecoder:
+    """One decoder per configuration in this process, so the `mask` and `mask_gain` rewards
+    (and every call) share its embedding cache."""
+    if isinstance(spec, MaskDecoder):
+        return spec
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _SHARED_DECODERS:
+        _SHARED_DECODERS[key] = build_decoder(spec)
+    return _SHARED_DECODERS[key]
+
+
+def _resize_nearest(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask_hw.shape == (height, width):
+        return mask_hw
+    rows = np.minimum((np.arange(height) + 0.5) * mask_hw.shape[0] / height,
+                      mask_hw.shape[0] - 1).astype(np.int64)
+    cols = np.minimum((np.arange(width) + 0.5) * mask_hw.shape[1] / width,
+                      mask_hw.shape[1] - 1).astype(np.int64)
+    return mask_hw[rows][:, cols]
+
+
+def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequence[Sequence],
+                 frames: Sequence[tuple[int, int]], max_points: int = 64) -> list[list]:
+    """Masks of every instance of every row, in each row's ground-truth frame (W, H).
+
+    Rows showing the same image (the G rollouts of a prompt) are decoded together: one
+    embedding (cached across calls) and one `decode` call with all their prompts, identical
+    prompts decoded once. A prompt keeps at most `max_points` distinct points, in order (the
+    points reward already charges for more). An instance of None gives an empty mask.
+    """
+    out: list[list] = [[] for _ in images]
+    groups: dict[str, list[int]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    by_id: dict[int, str] = {}
+    for row, image in enumerate(images):
+        if image is None:
+            raise ValueError(f"row {row}: the 'image' column is empty; mask rewards need it")
+        if id(image) not in by_id:
+            arr = as_image_array(image)
+            by_id[id(image)] = key = image_key(arr)
+            arrays.setdefault(key, arr)
+        groups.setdefault(by_id[id(image)], []).append(row)
+    for key, rows in groups.items():
+        img = arrays[key]
+        h, w = img.shape[:2]
+        prompts, owners = [], []
+        for row in rows:
+            for k, inst in enumerate(instance_lists[row]):
+                if inst is None:
+                    continue
+                p = Prompt.from_instance(inst, w, h)
+                pts = tuple(dict.fromkeys(p.points_xy_px))[:max_points]
+                prompts.append(Prompt(p.box_xyxy_px, pts))
+                owners.append((row, k))
+        masks = decoder.decode(img, prompts)
+        for row in rows:
+            fw, fh = frames[row]
+            out[row] = [np.zeros((fh, fw), dtype=bool) for _ in instance_lists[row]]
+        for (row, k), m in zip(owners, masks, strict=True):
+            fw, fh = frames[row]
+            out[row][k] = _resize_nearest(m, fh, fw)
+    return out
+
+
+def mask_ious(masks_hw: Sequence[np.ndarray], gt: GroundTruth) -> np.ndarray:
+    """(M, N) IoU of predicted masks with the ground-truth masks, computed on RLE."""
+    if not len(masks_hw) or not len(gt):
+        return np.zeros((len(masks_hw), len(gt)))
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks_hw]
+    return np.asarray(mask_utils.iou(rles, gt.rles, [0] * len(gt)), dtype=np.float64).reshape(
+        len(masks_hw), len(gt))
+
+
+def iou_or_one(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two masks, 1 when both are empty (a correct empty answer, spec §10)."""
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union

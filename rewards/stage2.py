@@ -1,0 +1,217 @@
+"""Stage-2 rewards: offset refinement (method spec §8).
+
+The stage-1 instances come from the `stage1` column (the policy's stage-1 answer, the previous
+assistant turn). Their matching to the ground truth is computed once, on the stage-1 geometry,
+and kept; a stage-1 instance with no match has an empty ground truth, so every deletion of its
+points is valid. A reward with nothing to score in a sample (no points anywhere for
+`point_refine`, no box for `box_refine`, no stage-1 instance for `mask_gain`) returns None,
+which TRL leaves out of the sum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rewards.common import Reward, column, decode_masks, iou_or_one, log, shared_decoder
+from rewards.matching import box_iou
+from tokens.answer import Instance
+from tokens.decoders import point_in_mask
+from tokens.refine import ParsedRefinement, parse_refinement, refine_instances
+
+
+class _Stage2Reward(Reward):
+    """Shared reading of a stage-2 batch: stage-1 instances, their matches, the refinement."""
+
+    def rows(self, completions, kwargs):
+        texts = self.texts(completions)
+        gts = self.ground_truth(kwargs, len(texts))
+        stage1 = column(kwargs, "stage1", len(texts), self.name)
+        memo: dict = {}
+        rows = []
+        for row, (text, gt, s1) in enumerate(zip(texts, gts, stage1, strict=True)):
+            if not isinstance(s1, str):
+                raise ValueError(f"reward {self.name!r}: row {row}: column 'stage1' must hold "
+                                 f"the stage-1 answer text, got {type(s1).__name__}")
+            key = (s1, id(gt))
+            if key not in memo:
+                insts = self.codec.parse_answer(s1).instances
+                m = self.match(insts, gt)
+                memo[key] = (insts, [m.gt_of(k) for k in range(len(insts))])
+            insts, owners = memo[key]
+            ref = parse_refinement(text, insts, self.vocab)
+            rows.append((insts, owners, ref, gt))
+        return rows
+
+
+class RefineFormatReward(_Stage2Reward):
+    """1 when there is exactly one well-formed `<offset>` line per stage-1 instance; else the
+    fraction of well-formed lines over max(lines, instances). With no stage-1 instance an
+    empty `<answer></answer>` scores 1. No `<answer>` at all scores 0, and anything outside
+    `[<think>…</think>]<answer>…</answer>` halves the score. Range [0, 1].
+    Logs `refine_format/complete` (share of completions with every line right).
+    """
+
+    name = "refine_format"
+
+    def score(self, ref: ParsedRefinement) -> float:
+        if not ref.has_answer:
+            return 0.0
+        if ref.complete:
+            frac = 1.0
+        else:
+            frac = ref.num_well_formed / max(len(ref.lines), ref.num_instances)
+        return frac if ref.structure_ok else 0.5 * frac
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        out, complete = [], []
+        for _insts, _owners, ref, _gt in self.rows(completions, kwargs):
+            out.append(self.score(ref))
+            complete.append(float(ref.complete and ref.structure_ok))
+        log(kwargs, "refine_format/complete", complete)
+        return out
+
+
+class PointRefineReward(_Stage2Reward):
+    """Per stage-1 point: −1 when it was inside M and ends outside (moved out or deleted); +1
+    when it ends inside (entered or stayed) or is a valid deletion (`<DELETE>` and no position
+    reachable by one offset from it lies in M); 0 otherwise, and 0 for every point of a
+    missing or malformed line. Mean over an instance's points, then over instances with
+    points; None when no stage-1 instance has points. Range [−1, 1].
+    Logs `point_refine/deleted` (share of points deleted) and `point_refine/valid_deletions`.
+    """
+
+    name = "point_refine"
+
+    def _reach_in(self, mask, x, y) -> bool:
+        return any(point_in_mask(mask, *self.vocab.apply_offset(x, y, dx, dy))
+                   for dx, dy in self.vocab.offsets())
+
+    def __call__(self, completions, **kwargs) -> list[float | None]:
+        out, deleted, valid = [], [], []
+        for insts, owners, ref, gt in self.rows(completions, kwargs):
+            per_instance = []
+            for k, inst in enumerate(insts):
+                if not inst.points:
+                    continue
+                line = ref.lines[k] if k < len(ref.lines) else None
+                if line is None or not line.well_formed:
+                    per_instance.append(0.0)
+                    continue
+                j = owners[k]
+                mask = gt.masks[j] if j is not None else None
+                scores = []
+                for (x, y), op in zip(inst.points, line.seg, strict=True):
+                    was_in = mask is not None and point_in_mask(mask, x, y)
+                    if op is None:
+                        deleted.append(1.0)
+                        ok = not was_in and (mask is None or not self._reach_in(mask, x, y))
+                        valid.append(float(ok))
+                        scores.append(-1.0 if was_in else 1.0 if ok else 0.0)
+                        continue
+                    deleted.append(0.0)
+                    nx, ny = self.vocab.apply_offset(x, y, *op)
+                    ends_in = mask is not None and point_in_mask(mask, nx, ny)
+                    scores.append(1.0 if ends_in else -1.0 if was_in else 0.0)
+                per_instance.append(float(np.mean(scores)))
+            out.append(float(np.mean(per_instance)) if per_instance else None)
+        log(kwargs, "point_refine/deleted", deleted)
+        log(kwargs, "point_refine/valid_deletions", valid)
+        return out
+
+
+class BoxRefineReward(_Stage2Reward):
+    """Per stage-1 instance with a box: 1 when IoU(refined box, B) > IoU(stage-1 box, B), else
+    0; an already-exact box (no single offset per corner brings it closer to B) left unchanged
+    scores `exact_value`. Mean over instances with a box; None when there is none. Range
+    [0, 1] (for `exact_value` in [0, 1]). An unmatched instance's box can only score 0.
+    """
+
+    name = "box_refine"
+
+    def __init__(self, exact_value: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.exact_value = float(exact_value)
+
+    def _exact(self, box, target) -> bool:
+        return (self.vocab.best_offset(box[0], box[1], target[0], target[1]) == (0, 0)
+                and self.vocab.best_offset(box[2], box[3], target[2], target[3]) == (0, 0))
+
+    def __call__(self, completions, **kwargs) -> list[float | None]:
+        out, improved = [], []
+        for insts, owners, ref, gt in self.rows(completions, kwargs):
+            refined = refine_instances(insts, ref, self.vocab)
+            scores = []
+            for k, inst in enumerate(insts):
+                if inst.box is None:
+                    continue
+                j = owners[k]
+                new = refined[k].box if refined[k] is not None else None
+                if j is None or new is None:
+                    scores.append(0.0)
+                    continue
+                target = gt.boxes_norm[j]
+                before = box_iou([inst.box], [target])[0, 0]
+                after = box_iou([new], [target])[0, 0]
+                line = ref.lines[k] if k < len(ref.lines) else None
+                unchanged = line is not None and line.well_formed and tuple(new) == inst.box
+                if after > before:
+                    scores.append(1.0)
+                elif unchanged and self._exact(inst.box, target):
+                    scores.append(self.exact_value)
+                else:
+                    scores.append(0.0)
+                improved.append(float(after > before))
+            out.append(float(np.mean(scores)) if scores else None)
+        log(kwargs, "box_refine/improved", improved)
+        return out
+
+
+class MaskGainReward(_Stage2Reward):
+    """Per stage-1 instance: `(u1 − u0)/(1 − u0)` for u0 < 1, with u0/u1 the decoded-mask IoU
+    before/after refinement against the matched mask (an unmatched instance's target is empty,
+    and an empty mask against an empty target has IoU 1, so removing a false positive gains);
+    for u0 = 1: 0 if u1 = 1, else u1 − 1. Mean over stage-1 instances; None when there is
+    none. Range [−1, 1]. Needs the `image` column. Logs `mask_gain/u0`, `mask_gain/u1`.
+    """
+
+    name = "mask_gain"
+
+    def __init__(self, decoder="region", max_points: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.decoder = shared_decoder(decoder)
+        self.max_points = max_points
+
+    @staticmethod
+    def gain(u0: float, u1: float) -> float:
+        if u0 < 1.0:
+            return (u1 - u0) / (1.0 - u0)
+        return 0.0 if u1 >= 1.0 else u1 - 1.0
+
+    def __call__(self, completions, **kwargs) -> list[float | None]:
+        rows = self.rows(completions, kwargs)
+        images = column(kwargs, "image", len(rows), self.name)
+        frames = [(gt.width, gt.height) for *_, gt in rows]
+        # Stage-1 and refined instances of every row decoded in one pass per image.
+        lists: list[list[Instance | None]] = []
+        for insts, _owners, ref, _gt in rows:
+            lists.append(list(insts) + refine_instances(insts, ref, self.vocab))
+        masks = decode_masks(self.decoder, images, lists, frames, self.max_points)
+        out, u0s, u1s = [], [], []
+        for (insts, owners, _ref, gt), row_masks in zip(rows, masks, strict=True):
+            n = len(insts)
+            if n == 0:
+                out.append(None)
+                continue
+            gains = []
+            for k in range(n):
+                j = owners[k]
+                target = gt.masks[j] if j is not None else np.zeros((gt.height, gt.width), bool)
+                u0 = iou_or_one(row_masks[k], target)
+                u1 = iou_or_one(row_masks[n + k], target)
+                gains.append(self.gain(u0, u1))
+                u0s.append(u0)
+                u1s.append(u1)
+            out.append(float(np.mean(gains)))
+        log(kwargs, "mask_gain/u0", u0s)
+        log(kwargs, "mask_gain/u1", u1s)
+        return out
