@@ -174,6 +174,7 @@ def test_hacks_do_not_pay():
 def test_rewards_differ_across_a_group():
     group = [ans("<box><grid_0_0><grid_1_1></box><seg><grid_0_0><grid_1_1></seg>"),
              ans("<seg><grid_1_1><grid_3_3></seg>"),
+             ans("<box><grid_0_0><grid_2_2></box><seg><grid_0_0></seg>"),
              ans("<box><grid_2_2><grid_3_3></box><seg><grid_3_3></seg>"),
              T + "<answer></answer>"]
     for name in ("box", "mask", "points"):

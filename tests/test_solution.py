@@ -3,8 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from rewards.solution import SolutionCache, SolutionError, encode_mask, make_solution, \
-    parse_solution
+from rewards.solution import (
+    SolutionCache,
+    SolutionError,
+    encode_mask,
+    make_solution,
+    parse_solution,
+)
 
 
 def square(y0, y1, x0, x1, h=8, w=8):

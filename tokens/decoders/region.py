@@ -20,12 +20,12 @@ class RegionDecoder(MaskDecoder):
 
     The "embedding" is the image's region label map (computed once per image, cached like a
     SAM embedding). A point selects the region under it; several points select the union of
-    their regions; a box (grown by `box_pad` of its shorter side, since boxes decoded from grid
-    tokens join cell centres and fall short of the object) bounds the mask, drops point regions lying
-    mostly outside it (a point on the background), and on its own selects the region that best
-    fills it (pixels inside the box × fraction of the region inside the box). Good enough on the bundled synthetic
-    scenes to give real masks; a stand-in for machines without SAM weights, not a model of
-    natural images.
+    their regions. A box bounds the mask once grown by `box_pad` of its shorter side (boxes
+    decoded from grid tokens join cell centres and fall short of the object), drops point
+    regions lying mostly outside it (a point on the background), and on its own selects the
+    region that best fills it (pixels inside the box × fraction of the region inside the box).
+    Good enough on the bundled synthetic scenes to give real masks; a stand-in for machines
+    without SAM weights, not a model of natural images.
 
     Args:
         levels: quantization levels per channel (8 → 3 bits); coarser merges texture.
