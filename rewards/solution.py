@@ -55,10 +55,14 @@ class GroundTruth:
         return self._masks
 
     @property
+    def areas_px(self) -> np.ndarray:
+        """(N,) mask areas in pixels."""
+        return mask_utils.area(self.rles).astype(np.int64) if self.rles else np.zeros(0, np.int64)
+
+    @property
     def areas_norm(self) -> np.ndarray:
         """(N,) mask areas as fractions of the image."""
-        return mask_utils.area(self.rles) / float(self.width * self.height) if self.rles \
-            else np.zeros(0)
+        return self.areas_px / float(self.width * self.height)
 
     def union_mask(self) -> np.ndarray:
         return self.masks.any(axis=0) if len(self) else np.zeros((self.height, self.width), bool)

@@ -20,7 +20,7 @@ from rewards.common import (
     completion_text,
     decode_masks,
     log,
-    mask_ious,
+    pair_mask_ious,
     shared_decoder,
 )
 from rewards.matching import Matching
@@ -141,8 +141,7 @@ class MaskReward(Reward):
             m = self.match(insts, gt)
             score = _empty_score(m)
             if score is None:
-                u = mask_ious([pred_masks[i] for i, _ in m.pairs], gt)
-                pair_ious = [u[k, j] for k, (_, j) in enumerate(m.pairs)]
+                pair_ious = pair_mask_ious(pred_masks, gt, m.pairs)
                 score = sum(self.tier(v) for v in pair_ious) / m.denominator
                 ious += pair_ious
             out.append(float(score))
