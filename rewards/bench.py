@@ -108,7 +108,7 @@ class TimedDecoder(MaskDecoder):
 
 def make_batch(n_prompts: int, n_rollouts: int, size: int, vocab: SpatialVocab, seed: int):
     """Images, solutions and completions: rollouts jitter, drop, duplicate or garble the truth."""
-    from rl.synthetic import draw_scene
+    from rl.data.scenes import draw_scene
 
     rng = np.random.default_rng(seed)
     images, solutions, completions = [], [], []

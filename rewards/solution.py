@@ -9,6 +9,8 @@ A `solution` value (a dict, or its JSON text) describes one sample in its image'
   edges `(xmin, ymin, xmax + 1, ymax + 1)` when absent.
 - `mask` is a COCO RLE (pycocotools; `counts` compressed as a string, or uncompressed as a list).
 - no instances means "no target".
+- `ignore` (optional): a COCO RLE of pixels left out of both intersection and union by the
+  metrics (ReasonSeg's `ignore` polygons).
 
 Bad ground truth is bad input, not model output: it raises `SolutionError` naming the row and
 field, and is never scored (a silent score would inflate the metrics).
@@ -40,6 +42,7 @@ class GroundTruth:
     height: int
     boxes_norm: np.ndarray
     rles: list[dict]
+    ignore_rle: dict | None = None
     _masks: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -142,7 +145,11 @@ def parse_solution(value, row: int | None = None) -> GroundTruth:
                                       "with x1 <= x2 and y1 <= y2")
         boxes.append((x1 / width, y1 / height, x2 / width, y2 / height))
         rles.append(rle)
-    return GroundTruth(width, height, np.array(boxes, dtype=np.float64).reshape(-1, 4), rles)
+    ignore = None
+    if value.get("ignore") is not None:
+        ignore = _parse_rle(value["ignore"], width, height, row, "ignore")
+    return GroundTruth(width, height, np.array(boxes, dtype=np.float64).reshape(-1, 4), rles,
+                       ignore)
 
 
 class SolutionCache:

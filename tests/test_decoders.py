@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.synthetic import draw_scene
+from rl.data.scenes import draw_scene
 from tokens import Instance
 from tokens.decoders import (
     EmbeddingCache,

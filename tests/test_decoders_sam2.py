@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("sam2")
 
-from rl.synthetic import draw_scene  # noqa: E402
+from rl.data.scenes import draw_scene  # noqa: E402
 from tokens.decoders import Prompt, Sam2Decoder, build_decoder  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rl.synthetic import draw_scene
+from rl.data.scenes import draw_scene
 from tokens.decoders import MaskProposals, SuperpixelProposer, points_in_mask
 from tokens.greedy import fallback_cells, greedy_convert, mask_to_tokens
 from tokens.vocab import SpatialVocab

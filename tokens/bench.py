@@ -44,7 +44,7 @@ def _garbage(rng: np.random.Generator, vocab: SpatialVocab, clean: str) -> str:
 
 def run(n_masks: int = 300, size: int = 224, grid_size: int = 32, proposer: str = "slic",
         tau: float = 0.8, seed: int = 0) -> dict:
-    from rl.synthetic import draw_scene
+    from rl.data.scenes import draw_scene
 
     vocab = SpatialVocab(grid_size)
     prop = PROPOSERS[proposer]()

@@ -57,8 +57,8 @@ def main(argv=None) -> dict:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from rl.data.scenes import draw_scene
     from rl.models import build_tiny_qwen2_5_vl
-    from rl.synthetic import draw_scene
     from tokens.extend import extend_checkpoint
 
     out = Path(args.out)

@@ -28,7 +28,8 @@ class RegionDecoder(MaskDecoder):
     without SAM weights, not a model of natural images.
 
     Args:
-        levels: quantization levels per channel (8 → 3 bits); coarser merges texture.
+        levels: quantization levels per channel (4 → 2 bits); coarser merges texture. The
+            synthetic scenes paint every colour inside one bin of 4 levels.
         min_area: regions smaller than this many pixels are not proposed.
         max_area_frac: regions larger than this fraction of the image (the background) are not
             proposed.
@@ -38,7 +39,7 @@ class RegionDecoder(MaskDecoder):
 
     name = "region"
 
-    def __init__(self, levels: int = 8, min_area: int = 4, max_area_frac: float = 0.5,
+    def __init__(self, levels: int = 4, min_area: int = 4, max_area_frac: float = 0.5,
                  box_pad: float = 0.25, cache_size: int = 64):
         super().__init__(cache_size)
         self.box_pad = box_pad
@@ -47,11 +48,11 @@ class RegionDecoder(MaskDecoder):
         self.max_area_frac = max_area_frac
 
     def regions(self, image_hw3: np.ndarray) -> np.ndarray:
-        """(H, W) int labels of connected equal-colour regions (4-connectivity), from 1."""
+        """(H, W) int labels of connected equal-colour regions (8-connectivity), from 1."""
         img = as_image_array(image_hw3)
         q = (img.astype(np.int64) * self.levels) // 256
         colour = (q[..., 0] * self.levels + q[..., 1]) * self.levels + q[..., 2]
-        return label(colour + 1, background=0, connectivity=1)
+        return label(colour + 1, background=0, connectivity=2)
 
     def _embed(self, image_hw3: np.ndarray):
         labels = self.regions(image_hw3)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rl.synthetic import COLOURS, draw_scene, tight_box_px
+from rl.data.scenes import COLOURS, draw_scene, tight_box_px
 
 
 def test_deterministic_by_seed():

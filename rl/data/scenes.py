@@ -12,29 +12,46 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 from skimage.draw import ellipse, polygon
 
+# Channel values sit at the centres of 4-level quantization bins (32, 96, 160, 224), so a
+# texture of up to ±31 keeps every shape inside one colour bin (what the weight-free decoder
+# groups by) while still changing its pixels.
 COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (230, 210, 40),
-    "purple": (150, 60, 190),
-    "orange": (245, 140, 30),
-    "cyan": (40, 200, 210),
-    "white": (245, 245, 245),
+    "red": (224, 32, 32),
+    "green": (32, 160, 32),
+    "blue": (32, 32, 224),
+    "yellow": (224, 224, 32),
+    "purple": (160, 32, 224),
+    "orange": (224, 160, 32),
+    "cyan": (32, 224, 224),
+    "white": (224, 224, 224),
 }
 SHAPES = ("circle", "square", "triangle", "ellipse", "star")
-BACKGROUND = (90, 90, 90)
+TEXTURES = ("flat", "noise", "stripes")
+BACKGROUND = (96, 96, 96)
+TEXTURE_AMPLITUDE = 20
 
 
 @dataclass
 class SceneObject:
-    """shape, colour: names; mask_hw: (H, W) bool visible pixels; box_xyxy_px: tight box on
-    pixel edges (x1, y1, x2 + 1, y2 + 1) of the visible mask."""
+    """shape, colour, texture: names; mask_hw: (H, W) bool visible pixels; box_xyxy_px: tight
+    box on pixel edges (x1, y1, x2 + 1, y2 + 1) of the visible mask."""
 
     shape: str
     colour: str
     mask_hw: np.ndarray
     box_xyxy_px: tuple[int, int, int, int]
+    texture: str = "flat"
+
+    @property
+    def area(self) -> int:
+        return int(self.mask_hw.sum())
+
+    @property
+    def centre_norm(self) -> tuple[float, float]:
+        """Centroid of the visible mask, normalized."""
+        ys, xs = np.nonzero(self.mask_hw)
+        h, w = self.mask_hw.shape
+        return (float(xs.mean() + 0.5) / w, float(ys.mean() + 0.5) / h)
 
 
 def _shape_mask(shape: str, cx: float, cy: float, r: float, h: int, w: int,
@@ -65,10 +82,28 @@ def tight_box_px(mask_hw: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
+def _paint(image: np.ndarray, mask: np.ndarray, colour: str, texture: str,
+           rng: np.random.Generator) -> None:
+    base = np.array(COLOURS[colour], dtype=np.int16)
+    if texture == "flat":
+        image[mask] = base
+        return
+    if texture == "noise":
+        delta = rng.integers(-TEXTURE_AMPLITUDE, TEXTURE_AMPLITUDE + 1, size=(int(mask.sum()), 1))
+    elif texture == "stripes":
+        rows = np.nonzero(mask)[0]
+        delta = np.where((rows // 3) % 2 == 0, TEXTURE_AMPLITUDE, -TEXTURE_AMPLITUDE)[:, None]
+    else:
+        raise ValueError(f"unknown texture {texture!r}; known: {TEXTURES}")
+    image[mask] = np.clip(base + delta, 0, 255).astype(np.uint8)
+
+
 def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
                n_objects: int = 3, min_radius: float = 0.08, max_radius: float = 0.22,
-               min_visible: float = 0.5) -> tuple[np.ndarray, list[SceneObject]]:
-    """Draw `n_objects` shapes of distinct (shape, colour) pairs on a (H, W) = `size` image.
+               min_visible: float = 0.5, textures: tuple[str, ...] = ("flat",),
+               ) -> tuple[np.ndarray, list[SceneObject]]:
+    """Draw `n_objects` shapes of distinct (shape, colour) pairs on a (H, W) = `size` image,
+    each painted with a texture drawn from `textures`.
 
     Radii are fractions of the shorter side. An object that would cover more than
     1 - `min_visible` of one drawn before it, or touch one of its colour, is re-drawn
@@ -102,7 +137,8 @@ def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
         for o, v in zip(objects, visible):
             o.mask_hw = v
             o.box_xyxy_px = tight_box_px(v)
-        image[m] = COLOURS[colour]
+        texture = textures[int(rng.integers(len(textures)))]
+        _paint(image, m, colour, texture, rng)
         full_masks.append(m)
-        objects.append(SceneObject(shape, colour, m, tight_box_px(m)))
+        objects.append(SceneObject(shape, colour, m, tight_box_px(m), texture))
     return image, objects

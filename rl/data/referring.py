@@ -1,0 +1,245 @@
+"""The bundled synthetic referring task: scenes of shapes and expressions that name some of them.
+
+Expression kinds (weights are a parameter):
+
+| kind        | example                                   | targets        |
+|-------------|-------------------------------------------|----------------|
+| attribute   | "the red circle", "the square"            | exactly one    |
+| relation    | "the square left of the blue triangle"    | exactly one    |
+| superlative | "the largest shape", "the leftmost star"  | exactly one    |
+| multi       | "all triangles", "all red shapes"         | two or more    |
+| none        | "the purple star" (there is none)         | none           |
+
+Every expression is generated from the scene, then resolved back from its text by `resolve`,
+and kept only when the resolution is unique and equals the intended targets: an expression is
+never ambiguous. Relations and superlatives need a clear margin (`MARGIN` of the image for
+positions, `AREA_RATIO` for sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl.data.common import Record
+from rl.data.scenes import COLOURS, SHAPES, SceneObject, draw_scene
+
+KINDS = ("attribute", "relation", "superlative", "multi", "none")
+DEFAULT_KIND_WEIGHTS = {"attribute": 0.4, "relation": 0.15, "superlative": 0.15, "multi": 0.15,
+                        "none": 0.15}
+MARGIN = 0.05
+AREA_RATIO = 1.25
+RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+SUPERLATIVES = {"largest": None, "smallest": None, "leftmost": (0, -1), "rightmost": (0, 1),
+                "topmost": (1, -1), "bottommost": (1, 1)}
+
+_C = "|".join(COLOURS)
+_S = "|".join(SHAPES)
+_REL = "|".join(RELATIONS)
+_SUP = "|".join(SUPERLATIVES)
+_DESC = rf"(?:(?P<{{p}}c>{_C}) shape|(?P<{{p}}cs>{_C}) (?P<{{p}}s2>{_S})|(?P<{{p}}s>{_S}))"
+_PATTERNS = [
+    ("relation", re.compile(rf"^the {_DESC.format(p='t')} (?P<rel>{_REL}) the "
+                            rf"(?P<ac>{_C}) (?P<as>{_S})$")),
+    ("superlative", re.compile(rf"^the (?P<sup>{_SUP}) (?:shape|(?P<ss>{_S})|"
+                               rf"(?P<sc>{_C}) shape)$")),
+    ("multi", re.compile(rf"^all (?:(?P<ms>{_S})s|(?P<mc>{_C}) shapes)$")),
+    ("attribute", re.compile(rf"^the {_DESC.format(p='')}$")),
+]
+
+
+class AmbiguousExpression(ValueError):
+    """The expression does not pick its targets out unambiguously in this scene."""
+
+
+@dataclass
+class SceneView:
+    """What resolving needs of an object: its names, visible area and centre (normalized)."""
+
+    shape: str
+    colour: str
+    area: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def of(cls, obj: SceneObject) -> SceneView:
+        h, w = obj.mask_hw.shape
+        return cls(obj.shape, obj.colour, obj.area / (h * w), *obj.centre_norm)
+
+    def pos(self, axis: int) -> float:
+        return self.cx if axis == 0 else self.cy
+
+
+def _select(views, shape=None, colour=None) -> list[int]:
+    return [k for k, v in enumerate(views) if (shape is None or v.shape == shape)
+            and (colour is None or v.colour == colour)]
+
+
+def _extreme(views, candidates: list[int], sup: str) -> int:
+    """The candidate with the extreme value, if it beats the runner-up by the margin."""
+    if not candidates:
+        raise AmbiguousExpression("no object of that kind")
+    if sup in ("largest", "smallest"):
+        key = [views[k].area for k in candidates]
+        order = np.argsort(key)[::-1] if sup == "largest" else np.argsort(key)
+        best = candidates[order[0]]
+        if len(candidates) > 1:
+            a, b = views[best].area, views[candidates[order[1]]].area
+            if max(a, b) < AREA_RATIO * min(a, b):
+                raise AmbiguousExpression(f"no clearly {sup} object")
+        return best
+    axis, sign = SUPERLATIVES[sup]
+    key = [sign * views[k].pos(axis) for k in candidates]
+    order = np.argsort(key)[::-1]
+    best = candidates[order[0]]
+    if len(candidates) > 1 and key[order[0]] - key[order[1]] < MARGIN:
+        raise AmbiguousExpression(f"no clearly {sup} object")
+    return best
+
+
+def resolve(text: str, views: Sequence[SceneView]) -> list[int]:
+    """The indices of the objects `text` refers to in a scene; raises AmbiguousExpression when
+    it does not pick them out, ValueError when it is not one of the templates."""
+    for kind, pattern in _PATTERNS:
+        m = pattern.match(text)
+        if not m:
+            continue
+        g = m.groupdict()
+        if kind == "attribute":
+            cands = _select(views, g["s"] or g["s2"], g["c"] or g["cs"])
+            if len(cands) > 1:
+                raise AmbiguousExpression(f"{len(cands)} objects match {text!r}")
+            return cands
+        if kind == "multi":
+            return _select(views, g["ms"], g["mc"])
+        if kind == "superlative":
+            return [_extreme(views, _select(views, g["ss"], g["sc"]), g["sup"])]
+        anchors = _select(views, g["as"], g["ac"])
+        if len(anchors) != 1:
+            raise AmbiguousExpression(f"{len(anchors)} anchors for {text!r}")
+        a = views[anchors[0]]
+        axis, sign = RELATIONS[g["rel"]]
+        cands = [k for k in _select(views, g["ts"] or g["ts2"], g["tc"] or g["tcs"])
+                 if k != anchors[0]]
+        hits = [k for k in cands if sign * (views[k].pos(axis) - a.pos(axis)) > MARGIN]
+        near = [k for k in cands if 0 < sign * (views[k].pos(axis) - a.pos(axis)) <= MARGIN]
+        if len(hits) != 1 or near:
+            raise AmbiguousExpression(f"{len(hits)} objects are {g['rel']} the anchor")
+        return hits
+    raise ValueError(f"not a synthetic expression: {text!r}")
+
+
+def _describe(views, k: int, rng) -> str:
+    """A short description of object k that is unique in the scene, or the full name."""
+    v = views[k]
+    options = [f"{v.colour} {v.shape}"]
+    if len(_select(views, shape=v.shape)) == 1:
+        options.append(v.shape)
+    if len(_select(views, colour=v.colour)) == 1:
+        options.append(f"{v.colour} shape")
+    return options[int(rng.integers(len(options)))]
+
+
+def _candidates(kind: str, views, rng) -> list[tuple[str, list[int]]]:
+    """Expressions of `kind` with their intended targets (checked by `resolve` afterwards)."""
+    n = len(views)
+    out: list[tuple[str, list[int]]] = []
+    if kind == "attribute":
+        out = [(f"the {_describe(views, k, rng)}", [k]) for k in range(n)]
+    elif kind == "relation":
+        for a in range(n):
+            for t in range(n):
+                if a == t:
+                    continue
+                for rel in RELATIONS:
+                    tv, av = views[t], views[a]
+                    target = rng.choice([tv.shape, f"{tv.colour} shape", f"{tv.colour} {tv.shape}"])
+                    out.append((f"the {target} {rel} the {av.colour} {av.shape}", [t]))
+    elif kind == "superlative":
+        for sup in SUPERLATIVES:
+            out.append((f"the {sup} shape", []))
+            for s in {v.shape for v in views}:
+                out.append((f"the {sup} {s}", []))
+    elif kind == "multi":
+        for s in {v.shape for v in views}:
+            out.append((f"all {s}s", _select(views, shape=s)))
+        for c in {v.colour for v in views}:
+            out.append((f"all {c} shapes", _select(views, colour=c)))
+        out = [(t, ks) for t, ks in out if len(ks) >= 2]
+    elif kind == "none":
+        present = {(v.shape, v.colour) for v in views}
+        out = [(f"the {c} {s}", []) for s in SHAPES for c in COLOURS if (s, c) not in present]
+    else:
+        raise ValueError(f"unknown expression kind {kind!r}; known: {KINDS}")
+    return out
+
+
+def make_expression(objects: Sequence[SceneObject], kind: str,
+                    rng: np.random.Generator) -> tuple[str, list[int]] | None:
+    """One unambiguous expression of `kind` for the scene, with its targets; None if the scene
+    admits none (e.g. "multi" with every shape and colour unique)."""
+    views = [SceneView.of(o) for o in objects]
+    cands = _candidates(kind, views, rng)
+    for k in rng.permutation(len(cands)):
+        text, intended = cands[int(k)]
+        try:
+            got = resolve(text, views)
+        except AmbiguousExpression:
+            continue
+        if kind == "superlative" and len(got) == 1:
+            return text, got
+        if sorted(got) == sorted(intended):
+            return text, got
+    return None
+
+
+def scene_json(objects: Sequence[SceneObject]) -> str:
+    """What `resolve` needs of a scene, as JSON (kept with each synthetic row)."""
+    return json.dumps([vars(SceneView.of(o)) for o in objects])
+
+
+def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
+                      objects: tuple[int, int] = (1, 3),
+                      kinds: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
+                      textures: tuple[str, ...] = ("flat", "noise", "stripes"),
+                      min_radius: float = 0.12, max_radius: float = 0.25):
+    """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only)."""
+    from rewards.solution import make_solution
+
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown expression kinds {sorted(unknown)}; known: {KINDS}")
+    names = [k for k in KINDS if kinds.get(k, 0) > 0]
+    weights = np.array([kinds[k] for k in names], dtype=np.float64)
+    if not names:
+        raise ValueError("kinds needs at least one positive weight")
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        # Keep the drawn kind (so the mix is what was asked for) and redraw the scene until it
+        # admits an expression of that kind.
+        for _attempt in range(200):
+            n_obj = int(rng.integers(objects[0], objects[1] + 1))
+            if kind == "multi":
+                n_obj = max(n_obj, 2)
+            try:
+                image, objs = draw_scene(rng, (image_size, image_size), n_obj, min_radius,
+                                         max_radius, textures=textures)
+            except RuntimeError:  # an unlucky layout; draw another
+                continue
+            made = make_expression(objs, kind, rng)
+            if made is not None:
+                break
+        else:
+            raise ValueError(f"no scene with {objects} objects admits a {kind!r} expression")
+        text, targets = made
+        sol = make_solution(image_size, image_size, [objs[k].mask_hw for k in targets],
+                            [objs[k].box_xyxy_px for k in targets])
+        yield Record(id=f"synthetic-{seed}-{i}", source="synthetic", image=image,
+                     expression=text, solution=sol, kind=kind,
+                     extra={"scene": scene_json(objs), "num_objects": len(objs)})

@@ -1,0 +1,216 @@
+"""Sample builders: contract records → SFT cold-start samples and GRPO prompts.
+
+- SFT, stage 1: the prompt asks for the expression; the answer has each target's box (its
+  ground-truth corners' cells) and `<seg>` points from the greedy conversion over the decoder's
+  proposals (spec §4), so the tokens reproduce the mask as well as the decoder allows.
+- SFT, refinement: a dialogue with a simulated stage-1 answer (sampled Inside/Ring/Delete points,
+  jittered box corners) and the offset answer that corrects it (spec §5).
+- GRPO stage 1: the prompt, the image and the `solution`.
+- GRPO stage 2: the stage-1 prompt, the policy's own stage-1 answer as the assistant turn, the
+  refinement request, and the answer text in the `stage1` column.
+
+Messages are conversational with typed parts (`{"type": "image"}`, `{"type": "text", ...}`).
+Images are resized, never padded or cropped (the paper's Table 10); coordinates stay normalized,
+and the `solution` keeps its original pixel frame (the rewards map masks back to it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rewards.solution import parse_solution
+from rl.data.common import Record, Skips
+from tokens import Instance, SpatialVocab, serialize_answer, serialize_refinement
+from tokens.decoders import MaskProposer, as_image_array, image_key
+from tokens.greedy import greedy_convert
+from tokens.offsets import DEFAULT_QUOTAS, refinement_example
+
+PROMPTS_FILE = Path(__file__).resolve().parents[2] / "configs" / "prompts.yaml"
+PROMPT_KEYS = ("stage1", "stage2", "think", "think_refine")
+
+
+def load_prompts(path: str | Path | None = None) -> dict[str, str]:
+    """Prompt templates from YAML (default `configs/prompts.yaml`); every key of PROMPT_KEYS
+    is required and no other is accepted."""
+    path = Path(path) if path is not None else PROMPTS_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: prompt templates not found") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of prompt templates")
+    unknown, missing = set(data) - set(PROMPT_KEYS), set(PROMPT_KEYS) - set(data)
+    if unknown or missing:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    for key, text in data.items():
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: {key}: expected a string template")
+    return data
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def user_turn(text: str, image: bool = False) -> dict:
+    parts = ([{"type": "image", "text": None}] if image else []) + [text_part(text)]
+    return {"role": "user", "content": parts}
+
+
+def assistant_turn(text: str) -> dict:
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+@dataclass
+class BuildConfig:
+    """How records become samples.
+
+    image_size: resize images to this square size (None: keep). tau, max_tokens: greedy
+    conversion (§4). min_iou: drop samples whose tokens reproduce a mask worse than this (None:
+    keep all). n_points, quotas, jitter_cells: refinement data (§5).
+    """
+
+    vocab: SpatialVocab = field(default_factory=SpatialVocab)
+    image_size: int | None = None
+    tau: float = 0.8
+    max_tokens: int = 32
+    min_iou: float | None = None
+    n_points: int = 12
+    quotas: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
+    jitter_cells: float = 1.0
+    refinement: bool = True
+    seed: int = 0
+
+
+def resize_image(image: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or image.shape[:2] == (size, size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask_hw.shape == (height, width):
+        return mask_hw
+    rows = np.minimum(((np.arange(height) + 0.5) * mask_hw.shape[0] / height).astype(int),
+                      mask_hw.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask_hw.shape[1] / width).astype(int),
+                      mask_hw.shape[1] - 1)
+    return mask_hw[rows][:, cols]
+
+
+@dataclass
+class BuildStats:
+    """What the builders saw: tokens per mask, conversion IoU per mask, samples by task."""
+
+    tokens_per_mask: list[int] = field(default_factory=list)
+    conversion_iou: list[float] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)
+
+    def count(self, task: str) -> None:
+        self.tasks[task] = self.tasks.get(task, 0) + 1
+
+
+def _to_image(image) -> np.ndarray:
+    if isinstance(image, str | Path):
+        from rl.data.common import read_image
+
+        return read_image(Path(image), source=image, record=None, field_name="image")
+    return as_image_array(image)
+
+
+def base_columns(rec: Record, image: np.ndarray) -> dict:
+    """The columns every row carries; the image as a PIL image (what TRL's processors and
+    `datasets.Image` take)."""
+    from PIL import Image
+
+    return {"id": rec.id, "source": rec.source, "image": Image.fromarray(image),
+            "expression": rec.expression, "kind": rec.kind,
+            "solution": json.dumps(rec.solution)}
+
+
+def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mapping[str, str],
+              cfg: BuildConfig, skips: Skips | None = None,
+              stats: BuildStats | None = None) -> Iterator[dict]:
+    """SFT rows (`prompt`/`completion` conversations) for stage 1 and, when `cfg.refinement`,
+    an offset-refinement dialogue per record that has targets."""
+    skips = skips if skips is not None else Skips()
+    stats = stats if stats is not None else BuildStats()
+    v = cfg.vocab
+    proposals_cache: dict[str, object] = {}
+    for n, rec in enumerate(records):
+        rng = np.random.default_rng([cfg.seed, n])
+        image = resize_image(_to_image(rec.image), cfg.image_size)
+        h, w = image.shape[:2]
+        gt = parse_solution(rec.solution, row=rec.id)
+        masks = [resize_mask(m, h, w) for m in gt.masks]
+        key = image_key(image)
+        if key not in proposals_cache:
+            proposals_cache.clear()  # records of one image are adjacent; keep one image
+            proposals_cache[key] = proposer.propose(image, v)
+        results = [greedy_convert(m, proposals_cache[key], v, cfg.tau, cfg.max_tokens)
+                   for m in masks]
+        ious = [r.iou for r in results]
+        if cfg.min_iou is not None and ious and min(ious) < cfg.min_iou:
+            skips.skip(f"conversion IoU below {cfg.min_iou}",
+                       f"{rec.id}: tokens reproduce IoU {min(ious):.2f} < {cfg.min_iou}")
+            continue
+        stats.tokens_per_mask += [len(r.cells) for r in results]
+        stats.conversion_iou += ious
+        instances = [Instance(tuple(float(c) for c in gt.boxes_norm[k]), r.points(v))
+                     for k, r in enumerate(results)]
+        question = prompts["stage1"].format(expression=rec.expression)
+        think = prompts["think"].format(expression=rec.expression)
+        stage1_text = serialize_answer(instances, think=think, vocab=v)
+        row = base_columns(rec, image)
+        yield {**row, "task": "stage1", "prompt": [user_turn(question, image=True)],
+               "completion": [assistant_turn(stage1_text)], "stage1": "",
+               "conversion_iou": float(min(ious)) if ious else 1.0}
+        stats.count("stage1")
+        if not cfg.refinement or not len(gt):
+            continue
+        examples = [refinement_example(m, tuple(gt.boxes_norm[k]), v, rng, cfg.n_points,
+                                       cfg.quotas, cfg.jitter_cells)
+                    for k, m in enumerate(masks)]
+        sim_stage1 = serialize_answer([ex.stage1 for ex in examples], think=think, vocab=v)
+        target = serialize_refinement([(ex.box_ops, ex.seg_ops or None) for ex in examples],
+                                      think=prompts["think_refine"], vocab=v)
+        yield {**row, "task": "refine",
+               "prompt": [user_turn(question, image=True), assistant_turn(sim_stage1),
+                          user_turn(prompts["stage2"])],
+               "completion": [assistant_turn(target)], "stage1": sim_stage1,
+               "conversion_iou": float(min(ious))}
+        stats.count("refine")
+
+
+def build_grpo_stage1(records: Iterable[Record], prompts: Mapping[str, str],
+                      cfg: BuildConfig) -> Iterator[dict]:
+    """GRPO stage-1 rows: the question with the image, and the `solution` for the rewards."""
+    for rec in records:
+        image = resize_image(_to_image(rec.image), cfg.image_size)
+        question = prompts["stage1"].format(expression=rec.expression)
+        yield {**base_columns(rec, image), "prompt": [user_turn(question, image=True)]}
+
+
+def build_grpo_stage2(rows: Iterable[Mapping], stage1_answers: Iterable[str],
+                      prompts: Mapping[str, str]) -> Iterator[dict]:
+    """GRPO stage-2 rows from stage-1 rows and the policy's stage-1 answers (one per row): the
+    conversation gains the answer and the refinement request, `stage1` holds the answer."""
+    answers = list(stage1_answers)
+    rows = list(rows)
+    if len(answers) != len(rows):
+        raise ValueError(f"{len(answers)} stage-1 answers for {len(rows)} rows")
+    for row, answer in zip(rows, answers, strict=True):
+        if not isinstance(answer, str):
+            raise ValueError(f"row {row.get('id')}: stage-1 answer must be text, got "
+                             f"{type(answer).__name__}")
+        yield {**row, "prompt": list(row["prompt"]) + [assistant_turn(answer),
+                                                       user_turn(prompts["stage2"])],
+               "stage1": answer}

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from rewards import build_reward
+from rewards.solution import parse_solution
+from rl.data.common import Skips
+from rl.data.referring import synthetic_records
+from rl.data.samples import (
+    BuildConfig,
+    BuildStats,
+    build_grpo_stage1,
+    build_grpo_stage2,
+    build_sft,
+    load_prompts,
+)
+from tokens import SpatialVocab, parse_answer, parse_refinement
+from tokens.decoders import RegionDecoder
+
+PROMPTS = load_prompts()
+
+
+def sft_rows(n=12, **cfg):
+    recs = list(synthetic_records(n, seed=3))
+    stats = BuildStats()
+    rows = list(build_sft(recs, RegionDecoder(), PROMPTS, BuildConfig(**cfg), Skips(), stats))
+    return recs, rows, stats
+
+
+def text_of(turn):
+    return "".join(p["text"] for p in turn["content"] if p["type"] == "text")
+
+
+def test_stage1_answers_score_well_and_are_well_formed():
+    recs, rows, stats = sft_rows()
+    stage1 = [r for r in rows if r["task"] == "stage1"]
+    assert len(stage1) == len(recs) and stats.tasks["stage1"] == len(recs)
+    for row, rec in zip(stage1, recs, strict=True):
+        assert row["prompt"][0]["content"][0]["type"] == "image"
+        assert rec.expression in text_of(row["prompt"][0])
+        answer = text_of(row["completion"][0])
+        parsed = parse_answer(answer)
+        assert parsed.well_formed and len(parsed.instances) == len(rec.solution["instances"])
+        for name in ("box", "mask", "format"):
+            score = build_reward(name)([answer], solution=[row["solution"]],
+                                       image=[row["image"]])[0]
+            assert score >= (0.5 if name == "box" else 1.0), (name, rec.expression, answer)
+
+
+def test_refinement_dialogues_fit_their_stage1_answer():
+    recs, rows, _ = sft_rows()
+    refine = [r for r in rows if r["task"] == "refine"]
+    with_targets = [r for r in recs if r.solution["instances"]]
+    assert len(refine) == len(with_targets) > 0
+    for row in refine:
+        assert [t["role"] for t in row["prompt"]] == ["user", "assistant", "user"]
+        assert text_of(row["prompt"][1]) == row["stage1"]
+        ref = parse_refinement(text_of(row["completion"][0]), row["stage1"])
+        assert ref.complete and ref.errors == []
+        # The target is what the refinement rewards pay most for.
+        kw = {"solution": [row["solution"]], "stage1": [row["stage1"]]}
+        assert build_reward("point_refine")([text_of(row["completion"][0])], **kw) == [1.0]
+
+
+def test_images_are_resized_not_padded_and_solutions_keep_their_frame():
+    recs, rows, _ = sft_rows(n=3, image_size=64)
+    for row, rec in zip([r for r in rows if r["task"] == "stage1"], recs, strict=True):
+        assert row["image"].size == (64, 64)
+        assert parse_solution(row["solution"]).width == rec.image.shape[1]
+
+
+def test_min_iou_drops_and_counts():
+    recs = list(synthetic_records(6, seed=1))
+    skips = Skips(strict=False)
+    # A proposer that proposes nothing: every mask falls back with IoU 0.
+    from tokens.decoders import MaskProposals
+
+    class Nothing:
+        def propose(self, image, vocab):
+            return MaskProposals(np.zeros((0, *image.shape[:2]), bool), [])
+
+    rows = list(build_sft(recs, Nothing(), PROMPTS, BuildConfig(min_iou=0.5), skips))
+    with_targets = sum(bool(r.solution["instances"]) for r in recs)
+    assert skips.counts == {"conversion IoU below 0.5": with_targets}
+    assert len(rows) == 2 * (len(recs) - with_targets) - (len(recs) - with_targets)
+
+
+def test_grpo_stage1_and_stage2_rows():
+    recs = list(synthetic_records(4, seed=0))
+    rows = list(build_grpo_stage1(recs, PROMPTS, BuildConfig()))
+    assert all(len(r["prompt"]) == 1 and "solution" in r for r in rows)
+    answers = ["<think></think><answer></answer>"] * 4
+    stage2 = list(build_grpo_stage2(rows, answers, PROMPTS))
+    assert [t["role"] for t in stage2[0]["prompt"]] == ["user", "assistant", "user"]
+    assert stage2[0]["stage1"] == answers[0] and text_of(stage2[0]["prompt"][1]) == answers[0]
+    with pytest.raises(ValueError, match="3 stage-1 answers for 4 rows"):
+        list(build_grpo_stage2(rows, answers[:3], PROMPTS))
+
+
+def test_prompt_templates_are_checked(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("stage1: x\nstage2: y\nthink: z\nthink_refine: w\nextra: q\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
+        load_prompts(bad)
+    bad.write_text("stage1: x\n")
+    with pytest.raises(ValueError, match="missing keys"):
+        load_prompts(bad)
+
+
+def test_other_grid_sizes():
+    _, rows, _ = sft_rows(n=2, vocab=SpatialVocab(grid_size=16))
+    answer = text_of(rows[0]["completion"][0])
+    assert parse_answer(answer, SpatialVocab(16)).well_formed
