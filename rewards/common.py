@@ -17,7 +17,14 @@ from rewards.matching import Matching, match
 from rewards.solution import GroundTruth, SolutionCache
 from tokens.answer import Instance
 from tokens.codec import Codec, get_codec
-from tokens.decoders import MaskDecoder, Prompt, as_image_array, build_decoder, image_key
+from tokens.decoders import (
+    MaskDecoder,
+    Prompt,
+    as_image_array,
+    build_decoder,
+    image_key,
+    resize_mask,
+)
 from tokens.vocab import SpatialVocab
 
 
@@ -110,16 +117,6 @@ def shared_decoder(spec) -> MaskDecoder:
     return _SHARED_DECODERS[key]
 
 
-def _resize_nearest(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
-    if mask_hw.shape == (height, width):
-        return mask_hw
-    rows = np.minimum((np.arange(height) + 0.5) * mask_hw.shape[0] / height,
-                      mask_hw.shape[0] - 1).astype(np.int64)
-    cols = np.minimum((np.arange(width) + 0.5) * mask_hw.shape[1] / width,
-                      mask_hw.shape[1] - 1).astype(np.int64)
-    return mask_hw[rows][:, cols]
-
-
 def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequence[Sequence],
                  frames: Sequence[tuple[int, int]], max_points: int = 64) -> list[list]:
     """Masks of every instance of every row, in each row's ground-truth frame (W, H).
@@ -159,7 +156,7 @@ def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequenc
             out[row] = [np.zeros((fh, fw), dtype=bool) for _ in instance_lists[row]]
         for (row, k), m in zip(owners, masks, strict=True):
             fw, fh = frames[row]
-            out[row][k] = _resize_nearest(m, fh, fw)
+            out[row][k] = resize_mask(m, fh, fw)
     return out
 
 

@@ -27,7 +27,7 @@ import yaml
 from rewards.solution import parse_solution
 from rl.data.common import Record, Skips
 from tokens import Instance, SpatialVocab, serialize_answer, serialize_refinement
-from tokens.decoders import MaskProposer, as_image_array, image_key
+from tokens.decoders import MaskProposer, as_image_array, image_key, resize_mask
 from tokens.greedy import greedy_convert
 from tokens.offsets import DEFAULT_QUOTAS, refinement_example
 
@@ -94,16 +94,6 @@ def resize_image(image: np.ndarray, size: int | None) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def resize_mask(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
-    if mask_hw.shape == (height, width):
-        return mask_hw
-    rows = np.minimum(((np.arange(height) + 0.5) * mask_hw.shape[0] / height).astype(int),
-                      mask_hw.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * mask_hw.shape[1] / width).astype(int),
-                      mask_hw.shape[1] - 1)
-    return mask_hw[rows][:, cols]
 
 
 @dataclass

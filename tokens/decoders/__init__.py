@@ -24,6 +24,7 @@ from tokens.decoders.base import (
     image_key,
     point_in_mask,
     points_in_mask,
+    resize_mask,
 )
 from tokens.decoders.region import RegionDecoder, SuperpixelProposer, proposals_from_labels
 from tokens.decoders.sam import Sam2Decoder, SamDecoder, build_sam, load_state_dict
@@ -72,4 +73,5 @@ __all__ = [
     "point_in_mask",
     "points_in_mask",
     "proposals_from_labels",
+    "resize_mask",
 ]

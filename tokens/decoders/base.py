@@ -68,6 +68,18 @@ def point_in_mask(mask_hw: np.ndarray, x: float, y: float) -> bool:
     return bool(mask_hw[min(h - 1, max(0, int(y * h))), min(w - 1, max(0, int(x * w)))])
 
 
+def resize_mask(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) mask to (height, width); pixel centres map to
+    pixel centres."""
+    if mask_hw.shape == (height, width):
+        return mask_hw
+    rows = np.minimum(((np.arange(height) + 0.5) * mask_hw.shape[0] / height).astype(np.int64),
+                      mask_hw.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask_hw.shape[1] / width).astype(np.int64),
+                      mask_hw.shape[1] - 1)
+    return mask_hw[rows][:, cols]
+
+
 def points_in_mask(mask_hw: np.ndarray, points_norm: np.ndarray) -> np.ndarray:
     """Vectorized `point_in_mask` for (N, 2) normalized points; returns (N,) bool."""
     pts = np.asarray(points_norm, dtype=np.float64).reshape(-1, 2)

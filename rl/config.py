@@ -1,0 +1,206 @@
+"""Run configuration: one YAML file per recipe, read into dataclasses. Unknown keys fail.
+
+A recipe may start with `base: other.yaml` (relative to itself) and then hold only what differs
+from its base: mappings merge key by key, anything else replaces. Ablation files use this.
+
+    base: ../default.yaml
+    grpo_stage1:
+      rewards: {format: 1.0, non_repeat: 1.0, box: 1.0, mask: 1.0}   # no points
+    output_dir: runs/ablations/no-points
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe that does not fit the schema; names the file and the key."""
+
+
+@dataclass
+class ModelConfig:
+    """path: a local checkpoint (Qwen2.5-VL / Qwen2-VL), or null to build the tiny offline model
+    with the `tiny` settings. The spatial vocabulary is added once, before any training."""
+
+    path: str | None = None
+    tiny: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2,
+                                                "num_heads": 4, "vision_hidden_size": 64,
+                                                "vision_depth": 2, "image_size": 112})
+    grid_size: int = 32
+    offset_radius: int = 1
+    offset_step_cells: float = 0.5
+    init: str = "sincos"
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from: `synthetic` (generated here), or a folder written by
+    `python -m rl.data --build rows` (`train_dir`, `eval_dir`)."""
+
+    source: str = "synthetic"
+    train_dir: str | None = None
+    eval_dir: str | None = None
+    n_train: int = 2000
+    n_eval: int = 200
+    image_size: int = 112
+    objects: list = field(default_factory=lambda: [1, 3])
+    kinds: dict = field(default_factory=lambda: {"attribute": 0.4, "relation": 0.15,
+                                                 "superlative": 0.15, "multi": 0.15,
+                                                 "none": 0.15})
+    textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
+    prompts: str = "configs/prompts.yaml"
+    decoder: Any = "region"
+    min_iou: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
+                                                          "o_proj", "gate_proj", "up_proj",
+                                                          "down_proj"])
+
+
+@dataclass
+class SFTStageConfig:
+    """The cold start (TRL SFTTrainer). The new token rows are trained: full fine-tuning, or
+    with LoRA the embeddings and head as `modules_to_save`, merged before saving."""
+
+    enabled: bool = True
+    checkpoint: str | None = None  # an SFT checkpoint to start from instead of training one
+    max_steps: int = 1000
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "constant_with_warmup"
+    refinement: bool = True
+    lora: dict | None = None
+    extra_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class GRPOStageConfig:
+    """One GRPO stage (TRL GRPOTrainer). `rewards` maps reward names (rewards.REWARDS) to
+    weights; `reward_params` maps names to their parameters (shared params under `all`)."""
+
+    enabled: bool = True
+    max_steps: int = 100
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    num_generations: int = 8
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    beta: float = 0.04
+    loss_type: str = "grpo"
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    n_prompts: int | None = None
+    rewards: dict = field(default_factory=dict)
+    reward_params: dict = field(default_factory=dict)
+    regenerate_every: int | None = None  # stage 2: steps between re-generating stage-1 answers
+    lora: dict | None = None
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    extra_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    rounds: int = 1  # refinement rounds after stage 2
+    pictures: int = 6
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    grpo_stage1: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    grpo_stage2: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging_steps: int = 10
+    progress_bars: bool = True
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml_chain(path: str | Path) -> dict:
+    """The recipe's mapping with its `base:` chain merged in."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge(load_yaml_chain(path.parent / base), data)
+    return data
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+            continue
+        origin, args = get_origin(hint), get_args(hint)
+        allowed = tuple(a for a in args if isinstance(a, type)) if args else (hint,)
+        if origin is None and isinstance(hint, type):
+            allowed = (hint,)
+        if hint is Any or value is None and type(None) in allowed:
+            kwargs[key] = value
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        check = tuple(get_origin(a) or a for a in allowed)
+        if check and not isinstance(value, check):
+            raise ConfigError(f"{where}.{key}: expected {hint}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """A RunConfig from a recipe file (None: the defaults) and optional overrides."""
+    data = load_yaml_chain(path) if path is not None else {}
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(RunConfig, data, str(path or "config"))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
