@@ -87,6 +87,7 @@ class SFTStageConfig:
     warmup_steps: int = 0
     lr_scheduler_type: str = "constant_with_warmup"
     refinement: bool = True
+    refinement_points: int = 12  # points per simulated stage-1 answer (spec §5: K = 12)
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

@@ -24,6 +24,9 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
+ANSWER_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<box>", "</box>", "<seg>",
+               "</seg>", "<offset>", "</offset>")
+
 # A Qwen2-VL style chat template written for this package. Assistant content is wrapped in
 # {% generation %} so TRL's `assistant_only_loss=True` can mask everything else.
 CHAT_TEMPLATE = (
@@ -66,14 +69,13 @@ def _training_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
         words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 12))]
         nums = [str(rng.randint(0, 1000)) for _ in range(rng.randint(0, 4))]
         lines.append(" ".join(words + nums) + rng.choice([".", "?", "", ","]))
-    lines += ["<think>", "</think>", "<answer>", "</answer>", "<box>", "</box>", "<seg>", "</seg>"]
     lines += [f"({i}, {j})" for i, j in itertools.product(range(64), range(0, 64, 7))]
     return lines
 
 
 def build_tiny_tokenizer(vocab_size: int = 1024):
     """A byte-level BPE tokenizer with Qwen's special tokens, trained offline in about a second."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -86,6 +88,11 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
         show_progress=False,
     )
     tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    # The answer tags are single (normal, non-special) tokens in this tokenizer: byte-level
+    # pre-tokenization splits "<box>" into "<", "box", ">", which no merge can join, and a
+    # tiny model learns the answer grammar far sooner over one token per tag. Real
+    # checkpoints keep the tags as plain text; nothing else depends on this.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ANSWER_TAGS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -179,3 +186,44 @@ def build_tiny_qwen2_5_vl(
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def load_model(path: str | Path, model_cfg=None):
+    """A saved vision-language model by path, in the configured dtype (float32 default)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    dtype = getattr(torch, getattr(model_cfg, "dtype", "float32") or "float32")
+    kwargs = {"dtype": dtype}
+    attn = getattr(model_cfg, "attn_implementation", None)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def prepare_model(model_cfg, out_dir: str | Path, seed: int = 0) -> Path:
+    """The starting checkpoint with the spatial vocabulary, made once, in this process.
+
+    `model_cfg.path` None builds the tiny offline Qwen2.5-VL first. A checkpoint that already
+    carries `spatial_vocab.json` with the configured vocabulary is used as it is; one with
+    another vocabulary is refused. Returns the folder (`out_dir/model_init` or the path).
+    """
+    from tokens import SpatialVocab
+    from tokens.extend import extend_checkpoint
+
+    out_dir = Path(out_dir)
+    vocab = SpatialVocab(model_cfg.grid_size, model_cfg.offset_radius,
+                         model_cfg.offset_step_cells)
+    src = model_cfg.path
+    if src is not None and (Path(src) / "spatial_vocab.json").is_file():
+        have = SpatialVocab.load(src)
+        if have != vocab:
+            raise ValueError(f"{src}: carries {have}, the config asks for {vocab}")
+        return Path(src)
+    target = out_dir / "model_init"
+    if (target / "spatial_vocab.json").is_file():
+        return target
+    if src is None:
+        src = build_tiny_qwen2_5_vl(out_dir / "base", seed=seed, **model_cfg.tiny)
+    extend_checkpoint(src, target, vocab, init=model_cfg.init)
+    return target

@@ -26,27 +26,6 @@ from tokens.offsets import refinement_example
 from tokens.vocab import SpatialVocab
 
 
-def draw_answer(image: np.ndarray, instances, vocab: SpatialVocab, path: Path) -> None:
-    """Save the image with the lattice, each box (green) and each seg point (red)."""
-    from PIL import Image, ImageDraw
-
-    h, w = image.shape[:2]
-    scale = max(1, 512 // max(h, w))
-    pic = Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST)
-    d = ImageDraw.Draw(pic)
-    W, H = pic.size
-    for k in range(1, vocab.grid_size):
-        d.line([(k * W / vocab.grid_size, 0), (k * W / vocab.grid_size, H)], fill=(70, 70, 70))
-        d.line([(0, k * H / vocab.grid_size), (W, k * H / vocab.grid_size)], fill=(70, 70, 70))
-    for inst in instances:
-        if inst.box is not None:
-            x1, y1, x2, y2 = inst.box
-            d.rectangle([x1 * W, y1 * H, x2 * W, y2 * H], outline=(0, 255, 0), width=2)
-        for x, y in inst.points:
-            d.ellipse([x * W - 4, y * H - 4, x * W + 4, y * H + 4], fill=(255, 0, 0))
-    pic.save(path)
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m tokens.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/demo")
@@ -113,8 +92,9 @@ def main(argv=None) -> dict:
     print(f"   well-formed: {garbage.well_formed}, instances: {len(garbage.instances)}, "
           f"first error: {(garbage.errors or ['none'])[0]}")
 
-    picture = out / "scene.png"
-    draw_answer(image, parsed.instances, vocab, picture)
+    from rl.visualize import draw_prediction
+
+    picture = draw_prediction(image, parsed.instances, vocab, out / "scene.png")
     print(f"5. picture of the stage-1 answer: {picture}")
     return {"report": report, "instances": parsed.instances, "picture": picture}
 

@@ -1,0 +1,85 @@
+"""One GRPO stage on TRL's GRPOTrainer: rewards by name from the config, then train and save."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rewards import REWARDS, STAGE1_REWARDS, STAGE2_REWARDS, build_reward
+from rl.config import GRPOStageConfig
+from rl.train_sft import lora_config, save_model, use_bf16
+from tokens import SpatialVocab
+
+# Parameters every reward takes; `decoder` and `max_points` only the mask-decoding ones.
+_COMMON = ("codec", "vocab", "match_weights", "l1_scale")
+_DECODING = ("mask", "mask_gain")
+
+
+def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
+                       stage_name: str) -> tuple[list, list[float]]:
+    """Reward functions and weights of a stage, from `stage.rewards` ({name: weight}) and
+    `stage.reward_params` ({name: {param: value}}, `all` for every reward)."""
+    allowed = STAGE1_REWARDS if stage_name == "grpo_stage1" else STAGE2_REWARDS
+    if not stage.rewards:
+        raise ValueError(f"{stage_name}.rewards: name at least one reward of {allowed}")
+    unknown = set(stage.rewards) - set(allowed)
+    if unknown:
+        raise ValueError(f"{stage_name}.rewards: {sorted(unknown)} are not rewards of this stage; "
+                         f"known: {allowed}")
+    bad = set(stage.reward_params) - set(stage.rewards) - {"all"}
+    if bad:
+        raise ValueError(f"{stage_name}.reward_params: {sorted(bad)} name no reward of the stage")
+    funcs, weights = [], []
+    shared = dict(stage.reward_params.get("all", {}))
+    active = {n: w for n, w in stage.rewards.items() if w}
+    if not active:
+        raise ValueError(f"{stage_name}.rewards: every weight is 0")
+    # A weight of 0 drops the term (an ablation): it is neither computed nor logged.
+    for name, weight in active.items():
+        if not isinstance(REWARDS[name], type):  # a plain function: no parameters
+            params = dict(stage.reward_params.get(name, {}))
+        else:
+            params = {"vocab": {"grid_size": vocab.grid_size,
+                                "offset_radius": vocab.offset_radius,
+                                "offset_step_cells": vocab.offset_step_cells},
+                      **{k: v for k, v in shared.items() if k in _COMMON},
+                      **stage.reward_params.get(name, {})}
+            if name in _DECODING:
+                params.setdefault("decoder", decoder)
+        funcs.append(build_reward(name, **params))
+        weights.append(float(weight))
+    return funcs, weights
+
+
+def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: SpatialVocab,
+             train_dataset, decoder, out_dir: Path, seed: int = 0, logging_steps: int = 10,
+             progress: bool = True, max_steps: int | None = None, save: bool = True):
+    """Train `model` with GRPO on `train_dataset` (image, prompt, solution[, stage1]).
+    Returns (the trained model, TRL's log history)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    funcs, weights = build_reward_funcs(stage, vocab, decoder, stage_name)
+    args = GRPOConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=max_steps or stage.max_steps,
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        num_generations=stage.num_generations,
+        max_completion_length=stage.max_completion_length, temperature=stage.temperature,
+        beta=stage.beta, loss_type=stage.loss_type, learning_rate=stage.learning_rate,
+        weight_decay=stage.weight_decay, reward_weights=weights, logging_steps=logging_steps,
+        report_to=[], save_strategy="no", seed=seed, bf16=use_bf16(),
+        disable_tqdm=not progress, use_vllm=stage.use_vllm,
+        **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}), **stage.extra_args)
+    peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args,
+                          train_dataset=train_dataset, processing_class=processor,
+                          peft_config=peft_config)
+    trainer.train()
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    if save and trainer.accelerator.is_main_process:
+        save_model(trainer.accelerator.unwrap_model(model), processor, vocab, out_dir)
+        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+    trainer.accelerator.wait_for_everyone()
+    return model, trainer.state.log_history

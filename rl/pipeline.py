@@ -1,0 +1,324 @@
+"""The whole recipe: cold start → GRPO stage 1 → GRPO stage 2 → evaluation after each.
+
+Each stage writes its checkpoint and `stage.json` (its metrics and log) under the output folder
+and is skipped when that file exists, so a crash in stage 2 loses nothing of stage 1: run the
+same command again to resume.
+
+Stage 2 trains on the policy's own stage-1 answers. They are regenerated with the current policy
+(greedy) at the start of stage 2 and then every `regenerate_every` steps (default: once per pass
+over the stage-2 prompts); each regeneration starts a new GRPOTrainer on the new prompts (the
+optimizer state restarts with it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rl.config import RunConfig, to_dict
+
+STAGES = ("sft", "grpo_stage1", "grpo_stage2")
+
+
+def log(msg: str) -> None:
+    print(f"[getok] {msg}", flush=True)
+
+
+def _records(cfg: RunConfig, split: str):
+    """Training or held-out records: synthetic (held-out scenes use another seed) or rows from
+    `python -m rl.data --build rows`."""
+    from rl.data.common import Record
+    from rl.data.referring import synthetic_records
+
+    d = cfg.data
+    if d.source == "synthetic":
+        n = d.n_train if split == "train" else d.n_eval
+        seed = d.seed if split == "train" else d.seed + 1_000_003
+        return list(synthetic_records(n, seed, d.image_size, tuple(d.objects), d.kinds,
+                                      tuple(d.textures)))
+    from datasets import load_from_disk
+
+    folder = d.train_dir if split == "train" else d.eval_dir
+    if folder is None:
+        raise ValueError(f"data.{split}_dir is needed for data.source {d.source!r}")
+    ds = load_from_disk(folder)
+    n = d.n_train if split == "train" else d.n_eval
+    return [Record(r["id"], r["source"], np.asarray(r["image"].convert("RGB")), r["expression"],
+                   json.loads(r["solution"]), r.get("kind", ""))
+            for r in ds.select(range(min(n, len(ds))))]
+
+
+class Pipeline:
+    """Runs the stages of a RunConfig; `run()` returns the metrics written to metrics.json."""
+
+    def __init__(self, cfg: RunConfig):
+        from rl.data.samples import load_prompts
+        from tokens import SpatialVocab
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.vocab = SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
+                                  cfg.model.offset_step_cells)
+        self.prompts = load_prompts(cfg.data.prompts)
+        self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
+
+    # ---- pieces ---------------------------------------------------------------------------
+    def decoder(self):
+        from rewards.common import shared_decoder
+
+        return shared_decoder(self.cfg.data.decoder)
+
+    def evaluate(self, name: str, model, processor, rounds: int = 0) -> dict:
+        from rl.evaluate import evaluate_rows
+
+        t0 = time.perf_counter()
+        model.eval()
+        m, preds = evaluate_rows(model, processor, self.eval_rows, self.decoder(), self.vocab,
+                                 self.prompts["stage2"], rounds, self.cfg.eval.max_new_tokens,
+                                 self.cfg.eval.batch_size)
+        m["refinement_rounds"] = rounds
+        self.metrics["evaluation"][name] = m
+        self.last_predictions = preds
+        acc = m["Acc@0.5"]
+        log(f"held-out after {name}: gIoU {m['gIoU']:.3f}, cIoU {m['cIoU']:.3f}, Acc@0.5 "
+            f"{'n/a' if acc is None else f'{acc:.3f}'}, parse failures {m['parse_failures']}/"
+            f"{m['samples']} ({time.perf_counter() - t0:.0f} s)")
+        return m
+
+    def stage_done(self, name: str) -> dict | None:
+        path = self.out / name / "stage.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
+        info = {"seconds": seconds, "evaluation": self.metrics["evaluation"].get(name),
+                "log_history": log_history, **(extra or {})}
+        (self.out / name / "stage.json").write_text(json.dumps(info, default=float))
+
+    def reward_summary(self, name: str, log_history: list) -> dict:
+        """Mean reward (weighted total and each term) over the first and last fifth of steps."""
+        entries = [e for e in log_history if "reward" in e]
+        if not entries:
+            return {}
+        k = max(1, len(entries) // 5)
+        keys = ["reward"] + sorted({key for e in entries for key in e
+                                    if key.startswith("rewards/") and key.endswith("/mean")})
+        out = {}
+        for key in keys:
+            vals = [e[key] for e in entries if key in e and e[key] is not None
+                    and not (isinstance(e[key], float) and math.isnan(e[key]))]
+            if vals:
+                out[key] = {"first_fifth": float(np.mean(vals[:k])),
+                            "last_fifth": float(np.mean(vals[-k:]))}
+        self.metrics["rewards"][name] = out
+        return out
+
+    # ---- the run --------------------------------------------------------------------------
+    def run(self) -> dict:
+        import torch
+        from datasets import Dataset
+        from transformers import AutoProcessor
+
+        from rl.data.samples import BuildConfig, build_grpo_stage1, build_sft
+        from rl.grpo import run_grpo
+        from rl.models import load_model, prepare_model
+        from rl.train_sft import run_sft
+        from rl.visualize import plot_rewards
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        t_start = time.perf_counter()
+        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+        init_dir = prepare_model(cfg.model, self.out, cfg.seed)
+        log(f"model with the spatial vocabulary: {init_dir}")
+        train = _records(cfg, "train")
+        held_out = _records(cfg, "eval")
+        build = BuildConfig(vocab=self.vocab, min_iou=cfg.data.min_iou,
+                            refinement=cfg.sft.refinement,
+                            n_points=cfg.sft.refinement_points, seed=cfg.seed)
+        self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
+        log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
+            f"({cfg.data.source})")
+        processor = AutoProcessor.from_pretrained(init_dir)
+        model, current = None, init_dir
+
+        if cfg.eval.enabled and "untrained" not in self._done_evals():
+            model = load_model(init_dir, cfg.model)
+            self.evaluate("untrained", model, processor)
+            self._save_metrics()
+
+        # -- cold start
+        sft = cfg.sft
+        if sft.checkpoint:
+            current = Path(sft.checkpoint)
+            model = None
+        elif sft.enabled:
+            done = self.stage_done("sft")
+            if done:
+                log("sft: done already, resuming after it")
+                self.metrics["evaluation"]["sft"] = done["evaluation"]
+                model = None
+            else:
+                t0 = time.perf_counter()
+                rows = list(build_sft(train, self.decoder(), self.prompts, build))
+                ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
+                log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
+                model = load_model(current, cfg.model) if model is None else model
+                model, hist = run_sft(sft, model, processor, self.vocab, ds, self.out / "sft",
+                                      cfg.seed, cfg.logging_steps, cfg.progress_bars)
+                if cfg.eval.enabled:
+                    self.evaluate("sft", model, processor)
+                self.finish_stage("sft", hist, time.perf_counter() - t0)
+                self._save_metrics()
+            current = self.out / "sft"
+
+        # -- GRPO stage 1
+        s1 = cfg.grpo_stage1
+        grpo_rows = list(build_grpo_stage1(train[: s1.n_prompts or len(train)], self.prompts,
+                                           build))
+        if s1.enabled:
+            done = self.stage_done("grpo_stage1")
+            if done:
+                log("grpo_stage1: done already, resuming after it")
+                self.metrics["evaluation"]["grpo_stage1"] = done["evaluation"]
+                self.reward_summary("grpo_stage1", done["log_history"])
+                model = None
+            else:
+                t0 = time.perf_counter()
+                model = load_model(current, cfg.model) if model is None else model
+                ds = Dataset.from_list(grpo_rows).select_columns(["image", "prompt", "solution"])
+                log(f"grpo_stage1: {len(ds)} prompts, {s1.max_steps} steps, "
+                    f"{s1.num_generations} generations, rewards {s1.rewards}")
+                model, hist = run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
+                                       cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
+                                       cfg.logging_steps, cfg.progress_bars)
+                self.reward_summary("grpo_stage1", hist)
+                plot_rewards(hist, self.out / "plots", "grpo_stage1")
+                if cfg.eval.enabled:
+                    self.evaluate("grpo_stage1", model, processor)
+                self.finish_stage("grpo_stage1", hist, time.perf_counter() - t0)
+                self._save_metrics()
+            current = self.out / "grpo_stage1"
+
+        # -- GRPO stage 2
+        s2 = cfg.grpo_stage2
+        if s2.enabled:
+            done = self.stage_done("grpo_stage2")
+            if done:
+                log("grpo_stage2: done already")
+                self.metrics["evaluation"]["grpo_stage2"] = done["evaluation"]
+                self.reward_summary("grpo_stage2", done["log_history"])
+            else:
+                t0 = time.perf_counter()
+                model = load_model(current, cfg.model) if model is None else model
+                hist = self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)])
+                model = self._stage2_model
+                self.reward_summary("grpo_stage2", hist)
+                plot_rewards(hist, self.out / "plots", "grpo_stage2")
+                if cfg.eval.enabled:
+                    self.evaluate("grpo_stage2", model, processor, rounds=cfg.eval.rounds)
+                self.finish_stage("grpo_stage2", hist, time.perf_counter() - t0)
+                self._save_metrics()
+            current = self.out / "grpo_stage2"
+
+        if cfg.eval.enabled and cfg.eval.pictures:
+            self._pictures(current, processor)
+        self.metrics["seconds"]["total"] = time.perf_counter() - t_start
+        self.metrics["final_checkpoint"] = str(current)
+        self._save_metrics()
+        self._report()
+        return self.metrics
+
+    def _stage2(self, model, processor, rows) -> list:
+        """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train."""
+        from datasets import Dataset
+
+        from rl.data.samples import build_grpo_stage2
+        from rl.evaluate import generate
+        from rl.grpo import run_grpo
+
+        s2, cfg = self.cfg.grpo_stage2, self.cfg
+        per_epoch = max(1, math.ceil(len(rows) * s2.num_generations / s2.batch_size))
+        every = s2.regenerate_every or per_epoch
+        history, done_steps, round_no = [], 0, 0
+        while done_steps < s2.max_steps:
+            steps = min(every, s2.max_steps - done_steps)
+            model.eval()
+            answers = generate(model, processor, [r["prompt"] for r in rows],
+                               [r["image"] for r in rows], s2.max_completion_length,
+                               cfg.eval.batch_size)
+            with_instances = sum(bool(self._instances(a)) for a in answers)
+            log(f"grpo_stage2 round {round_no}: regenerated {len(answers)} stage-1 answers "
+                f"({with_instances} with instances), {steps} steps")
+            ds = Dataset.from_list(list(build_grpo_stage2(rows, answers, self.prompts)))
+            ds = ds.select_columns(["image", "prompt", "solution", "stage1"])
+            last = done_steps + steps >= s2.max_steps
+            model, hist = run_grpo(s2, "grpo_stage2", model, processor, self.vocab, ds,
+                                   cfg.data.decoder, self.out / "grpo_stage2", cfg.seed + round_no,
+                                   cfg.logging_steps, cfg.progress_bars, max_steps=steps,
+                                   save=last)
+            history += [{**e, "step": e.get("step", 0) + done_steps} for e in hist]
+            done_steps += steps
+            round_no += 1
+        self._stage2_model = model
+        return history
+
+    def _instances(self, text):
+        from tokens import parse_answer
+
+        return parse_answer(text, self.vocab).instances
+
+    def _done_evals(self) -> set:
+        path = self.out / "metrics.json"
+        if path.is_file():
+            prev = json.loads(path.read_text())
+            self.metrics["evaluation"].update(prev.get("evaluation", {}))
+        return set(self.metrics["evaluation"])
+
+    def _pictures(self, checkpoint: Path, processor) -> None:
+        from rl.evaluate import masks_for
+        from rl.visualize import draw_prediction
+        from tokens import parse_answer, parse_refinement
+
+        preds = getattr(self, "last_predictions", None)
+        if preds is None:
+            return
+        for k, (pred, row) in enumerate(zip(preds, self.eval_rows, strict=False)):
+            if k >= self.cfg.eval.pictures:
+                break
+            image = np.asarray(row["image"].convert("RGB"))
+            h, w = image.shape[:2]
+            mask = masks_for(self.decoder(), image, pred.instances, (w, h))
+            moves, deleted = [], []
+            if pred.refinements:
+                first = parse_answer(pred.stage1, self.vocab).instances
+                ref = parse_refinement(pred.refinements[0], first, self.vocab)
+                for inst, line in zip(first, ref.lines, strict=False):
+                    if not line.well_formed or line.seg is None:
+                        continue
+                    for (x, y), op in zip(inst.points, line.seg, strict=True):
+                        if op is None:
+                            deleted.append((x, y))
+                        elif op != (0, 0):
+                            moves.append(((x, y), self.vocab.apply_offset(x, y, *op)))
+            draw_prediction(image, pred.instances, self.vocab,
+                            self.out / "pictures" / f"{k:02d}_{row['id']}.png", mask, moves,
+                            deleted)
+
+    def _save_metrics(self) -> None:
+        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=float))
+
+    def _report(self) -> None:
+        ev = self.metrics["evaluation"]
+        order = [s for s in ("untrained", "sft", "grpo_stage1", "grpo_stage2") if s in ev]
+        log("held-out gIoU: " + " -> ".join(f"{s} {ev[s]['gIoU']:.3f}" for s in order))
+        r1 = self.metrics["rewards"].get("grpo_stage1", {}).get("reward")
+        if r1:
+            log(f"grpo_stage1 mean reward: first fifth {r1['first_fifth']:.3f} -> last fifth "
+                f"{r1['last_fifth']:.3f}")
+        log(f"metrics: {self.out / 'metrics.json'}; plots: {self.out / 'plots'}; pictures: "
+            f"{self.out / 'pictures'}; total {self.metrics['seconds']['total']:.0f} s")

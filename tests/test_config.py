@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl.config import ConfigError, RunConfig, load_config, load_yaml_chain
+from rl.grpo import build_reward_funcs
+from tokens import SpatialVocab
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+RECIPES = [p for p in CONFIGS if p.parent.name != "accelerate" and "prompts" not in p.name]
+
+
+def test_there_are_recipes():
+    names = {p.name for p in RECIPES}
+    assert {"default.yaml", "paper_qwen2_5_vl_7b.yaml"} <= names
+    assert len([p for p in RECIPES if p.parent.name == "ablations"]) == 9
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_and_builds_its_rewards(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    vocab = SpatialVocab(cfg.model.grid_size)
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        funcs, weights = build_reward_funcs(getattr(cfg, stage), vocab, "region", stage)
+        assert [f.__name__ for f in funcs] == [n for n, w in getattr(cfg, stage).rewards.items()
+                                               if w]
+        assert all(w > 0 for w in weights)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "accelerate"],
+                         ids=lambda p: p.name)
+def test_accelerate_configs_parse(path):
+    data = yaml.safe_load(path.read_text())
+    assert data["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED")
+    if data["distributed_type"] == "DEEPSPEED":
+        assert data["deepspeed_config"]["zero_stage"] in (2, 3)
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.parent.name == "ablations"],
+                         ids=lambda p: p.name)
+def test_ablations_differ_from_their_base_only_in_rewards_and_outputs(path):
+    raw = yaml.safe_load(path.read_text())
+    base = load_yaml_chain(path.parent / raw["base"])
+    mine = load_yaml_chain(path)
+    diff = {k for k in set(base) | set(mine) if base.get(k) != mine.get(k)}
+    assert diff <= {"output_dir", "grpo_stage1", "grpo_stage2"}, diff
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        b, m = base.get(stage, {}), mine.get(stage, {})
+        changed = {k for k in set(b) | set(m) if b.get(k) != m.get(k)}
+        assert changed <= {"rewards", "reward_params"}, (stage, changed)
+    assert mine["output_dir"] != base["output_dir"]
+    dropped = [n for s in ("grpo_stage1", "grpo_stage2")
+               for n, w in mine[s]["rewards"].items() if w == 0]
+    assert len(dropped) == 1 and dropped[0] in path.stem
+
+
+def test_unknown_keys_fail_loudly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  max_step: 10\n")
+    with pytest.raises(ConfigError, match=r"sft: unknown keys \['max_step'\]"):
+        load_config(bad)
+    bad.write_text("grpo_stage1:\n  beta: fast\n")
+    with pytest.raises(ConfigError, match="grpo_stage1.beta: expected"):
+        load_config(bad)
+    bad.write_text("outputdir: x\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(bad)
+
+
+def test_unknown_reward_names_fail(tmp_path):
+    cfg = load_config(overrides={"grpo_stage1": {"rewards": {"iou": 1.0}}})
+    with pytest.raises(ValueError, match=r"\['iou'\] are not rewards of this stage"):
+        build_reward_funcs(cfg.grpo_stage1, SpatialVocab(), "region", "grpo_stage1")
+    cfg = load_config(overrides={"grpo_stage2": {"rewards": {"box": 1.0}}})
+    with pytest.raises(ValueError, match="not rewards of this stage"):
+        build_reward_funcs(cfg.grpo_stage2, SpatialVocab(), "region", "grpo_stage2")
+
+
+def test_base_chain_merges(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 3\nsft: {max_steps: 5, learning_rate: 0.1}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nsft: {max_steps: 7}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.seed == 3 and cfg.sft.max_steps == 7 and cfg.sft.learning_rate == 0.1

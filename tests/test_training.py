@@ -1,0 +1,98 @@
+"""Short runs of every stage on the tiny model: weights move, rewards see their columns, the
+logged reward terms carry the config names, and a finished stage is skipped on resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rl.grpo
+from rl.config import load_config
+from rl.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(out: Path) -> dict:
+    return {
+        "output_dir": str(out), "logging_steps": 1, "progress_bars": False,
+        "data": {"n_train": 160, "n_eval": 16, "prompts": str(ROOT / "configs" /
+                                                               "default_prompts.yaml")},
+        "sft": {"max_steps": 150},
+        "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3},
+        "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3},
+        "eval": {"pictures": 2},
+    }
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a if k in b)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    seen: dict[str, set] = {}
+    original = rl.grpo.build_reward_funcs
+
+    def with_spy(stage, vocab, decoder, stage_name):
+        funcs, w = original(stage, vocab, decoder, stage_name)
+
+        def spy(completions, **kwargs):
+            seen.setdefault(stage_name, set()).update(kwargs)
+            return [0.0] * len(completions)
+
+        spy.__name__ = "spy"
+        return funcs + [spy], w + [0.0]
+
+    rl.grpo.build_reward_funcs = with_spy
+    try:
+        metrics = Pipeline(load_config(ROOT / "configs" / "default.yaml",
+                                       tiny_overrides(out))).run()
+    finally:
+        rl.grpo.build_reward_funcs = original
+    return out, metrics, seen
+
+
+def test_every_stage_moves_the_weights(run):
+    out, _, _ = run
+    init, sft = weights(out / "model_init"), weights(out / "sft")
+    s1, s2 = weights(out / "grpo_stage1"), weights(out / "grpo_stage2")
+    assert changed(init, sft) and changed(sft, s1) and changed(s1, s2)
+    # The new token rows are trained in the cold start.
+    emb = "model.language_model.embed_tokens.weight"
+    key = emb if emb in init else next(k for k in init if k.endswith("embed_tokens.weight"))
+    assert not torch.equal(init[key][-100:], sft[key][-100:])
+
+
+def test_rewards_receive_their_columns(run):
+    _, _, seen = run
+    assert {"image", "solution"} <= seen["grpo_stage1"]
+    assert {"image", "solution", "stage1"} <= seen["grpo_stage2"]
+
+
+def test_logged_reward_terms_match_the_config(run):
+    out, metrics, _ = run
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        hist = json.loads((out / stage / "stage.json").read_text())["log_history"]
+        logged = {k.split("/")[1] for e in hist for k in e
+                  if k.startswith("rewards/") and k.endswith("/mean")}
+        assert logged == set(getattr(cfg, stage).rewards) | {"spy"}
+    assert set(metrics["evaluation"]) == {"untrained", "sft", "grpo_stage1", "grpo_stage2"}
+    assert (out / "metrics.json").is_file() and list((out / "plots").glob("grpo_stage1_*.png"))
+    assert len(list((out / "pictures").glob("*.png"))) == 2
+
+
+def test_finished_stages_are_skipped_on_resume(run, capsys):
+    out, metrics, _ = run
+    again = Pipeline(load_config(ROOT / "configs" / "default.yaml", tiny_overrides(out))).run()
+    printed = capsys.readouterr().out
+    assert "sft: done already" in printed and "grpo_stage2: done already" in printed
+    assert again["evaluation"]["grpo_stage1"] == metrics["evaluation"]["grpo_stage1"]
