@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rewards import REWARDS, STAGE1_REWARDS, STAGE2_REWARDS, build_reward
 from rl.config import GRPOStageConfig
-from rl.train_sft import lora_config, save_model, use_bf16
+from rl.train_sft import lora_config, save_model, use_bf16, write_trainer_info
 from tokens import SpatialVocab
 
 # Parameters every reward takes; `decoder` and `max_points` only the mask-decoding ones.
@@ -81,5 +81,6 @@ def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: S
     if save and trainer.accelerator.is_main_process:
         save_model(trainer.accelerator.unwrap_model(model), processor, vocab, out_dir)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        write_trainer_info(trainer, out_dir)
     trainer.accelerator.wait_for_everyone()
     return model, trainer.state.log_history

@@ -43,6 +43,18 @@ def lora_config(lora: dict, train_new_rows: bool):
                       modules_to_save=["embed_tokens", "lm_head"] if train_new_rows else None)
 
 
+def write_trainer_info(trainer, out_dir: Path) -> None:
+    """Record how the trainer ran (distributed type, DeepSpeed stage, processes)."""
+    acc = trainer.accelerator
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    info = {"distributed_type": str(acc.distributed_type), "num_processes": acc.num_processes,
+            "deepspeed": bool(trainer.is_deepspeed_enabled),
+            "zero_stage": ds.zero_stage if ds is not None else None,
+            "device": str(acc.device)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trainer_info.json").write_text(json.dumps(info, indent=2))
+
+
 def save_model(model, processor, vocab, out_dir: Path) -> None:
     from tokens.extend import check_vocab_consistency
 
@@ -78,6 +90,7 @@ def run_sft(stage: SFTStageConfig, model, processor, vocab, train_dataset, out_d
     if trainer.accelerator.is_main_process:
         save_model(trainer.accelerator.unwrap_model(model), processor, vocab, out_dir)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        write_trainer_info(trainer, out_dir)
     trainer.accelerator.wait_for_everyone()
     return model, trainer.state.log_history
 

@@ -27,8 +27,7 @@ grpo_stage1: {{max_steps: 2, batch_size: 8, num_generations: 4, n_prompts: 8,
 grpo_stage2: {{enabled: false}}
 eval: {{enabled: false}}
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     cmd = ["accelerate", "launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / "zero2_cpu.yaml"),
            str(ROOT / "rl" / "train_grpo.py"), "--config", str(recipe)]
@@ -36,7 +35,9 @@ eval: {{enabled: false}}
                           timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "DeepSpeed" in log or "deepspeed" in log
     for stage in ("sft", "grpo_stage1"):
         info = json.loads((tmp_path / "run" / stage / "stage.json").read_text())
         assert info["log_history"], stage
+        ran = json.loads((tmp_path / "run" / stage / "trainer_info.json").read_text())
+        assert ran["deepspeed"] and ran["zero_stage"] == 2, ran
+        assert ran["distributed_type"].endswith("DEEPSPEED"), ran
