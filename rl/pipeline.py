@@ -28,6 +28,21 @@ def log(msg: str) -> None:
     print(f"[getok] {msg}", flush=True)
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """On a CPU run, use `threads` torch threads (None: the cores this process may use,
+    divided among the local processes)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if threads is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        threads = max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+    torch.set_num_threads(threads)
+
+
 def _records(cfg: RunConfig, split: str):
     """Training or held-out records: synthetic (held-out scenes use another seed) or rows from
     `python -m rl.data --build rows`."""
@@ -131,6 +146,7 @@ class Pipeline:
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
+        set_cpu_threads(cfg.cpu_threads)
         t_start = time.perf_counter()
         (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
         init_dir = prepare_model(cfg.model, self.out, cfg.seed)
