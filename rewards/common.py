@@ -146,9 +146,7 @@ def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequenc
             for k, inst in enumerate(instance_lists[row]):
                 if inst is None:
                     continue
-                p = Prompt.from_instance(inst, w, h)
-                pts = tuple(dict.fromkeys(p.points_xy_px))[:max_points]
-                prompts.append(Prompt(p.box_xyxy_px, pts))
+                prompts.append(Prompt.from_instance(inst, w, h, max_points))
                 owners.append((row, k))
         masks = decoder.decode(img, prompts)
         for row in rows:

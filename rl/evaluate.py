@@ -102,9 +102,9 @@ def masks_for(decoder: MaskDecoder, image, instances: Sequence[Instance],
     h, w = img.shape[:2]
     fw, fh = frame
     union = np.zeros((fh, fw), dtype=bool)
-    prompts = [Prompt.from_instance(i, w, h) for i in instances]
-    for m in decoder.decode(img, [Prompt(p.box_xyxy_px, tuple(dict.fromkeys(p.points_xy_px))[:64])
-                                  for p in prompts]):
+    # The same prompts the mask rewards give the decoder (at most 64 distinct points).
+    prompts = [Prompt.from_instance(i, w, h, max_points=64) for i in instances]
+    for m in decoder.decode(img, prompts):
         union |= resize_mask(m, fh, fw)
     return union
 

@@ -105,9 +105,17 @@ class Pipeline:
             f"{m['samples']} ({time.perf_counter() - t0:.0f} s)")
         return m
 
-    def stage_done(self, name: str) -> dict | None:
+    def resume(self, name: str) -> bool:
+        """True when stage `name` finished in an earlier run: its metrics are taken back."""
         path = self.out / name / "stage.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return False
+        done = json.loads(path.read_text())
+        log(f"{name}: done already, resuming after it")
+        self.metrics["evaluation"][name] = done["evaluation"]
+        if name.startswith("grpo"):
+            self.reward_summary(name, done["log_history"])
+        return True
 
     def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
         info = {"seconds": seconds, "evaluation": self.metrics["evaluation"].get(name),
@@ -173,10 +181,7 @@ class Pipeline:
             current = Path(sft.checkpoint)
             model = None
         elif sft.enabled:
-            done = self.stage_done("sft")
-            if done:
-                log("sft: done already, resuming after it")
-                self.metrics["evaluation"]["sft"] = done["evaluation"]
+            if self.resume("sft"):
                 model = None
             else:
                 t0 = time.perf_counter()
@@ -197,11 +202,7 @@ class Pipeline:
         grpo_rows = list(build_grpo_stage1(train[: s1.n_prompts or len(train)], self.prompts,
                                            build))
         if s1.enabled:
-            done = self.stage_done("grpo_stage1")
-            if done:
-                log("grpo_stage1: done already, resuming after it")
-                self.metrics["evaluation"]["grpo_stage1"] = done["evaluation"]
-                self.reward_summary("grpo_stage1", done["log_history"])
+            if self.resume("grpo_stage1"):
                 model = None
             else:
                 t0 = time.perf_counter()
@@ -223,12 +224,7 @@ class Pipeline:
         # -- GRPO stage 2
         s2 = cfg.grpo_stage2
         if s2.enabled:
-            done = self.stage_done("grpo_stage2")
-            if done:
-                log("grpo_stage2: done already")
-                self.metrics["evaluation"]["grpo_stage2"] = done["evaluation"]
-                self.reward_summary("grpo_stage2", done["log_history"])
-            else:
+            if not self.resume("grpo_stage2"):
                 t0 = time.perf_counter()
                 model = load_model(current, cfg.model) if model is None else model
                 hist = self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)])

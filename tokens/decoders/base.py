@@ -110,13 +110,17 @@ class Prompt:
         return self.box_xyxy_px is None and len(self.points_xy_px) == 1
 
     @classmethod
-    def from_instance(cls, instance, width: int, height: int) -> Prompt:
-        """The prompt for a parsed `tokens.Instance` (normalized) on a W×H image."""
+    def from_instance(cls, instance, width: int, height: int,
+                      max_points: int | None = None) -> Prompt:
+        """The prompt for a parsed `tokens.Instance` (normalized) on a W×H image; with
+        `max_points`, repeated points are dropped and at most that many are kept, in order."""
         box = None
         if instance.box is not None:
             x1, y1, x2, y2 = instance.box
             box = (x1 * width, y1 * height, x2 * width, y2 * height)
         pts = tuple((x * width, y * height) for x, y in instance.points)
+        if max_points is not None:
+            pts = tuple(dict.fromkeys(pts))[:max_points]
         return cls(box, pts)
 
 
