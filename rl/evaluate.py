@@ -1,6 +1,12 @@
 """Evaluation: greedy, batched propose-then-refine generation, masks from the decoder, metrics.
 
-    python -m rl.evaluate --model runs/default/stage2 --data runs/data/eval [--rounds 1]
+    python -m rl.evaluate --model runs/default/grpo_stage2 --data runs/data/eval [--rounds 1] \
+        [--out runs/eval] [--vllm]
+
+`--data` takes one or more folders written by `python -m rl.data --build grpo` (or `rows`);
+results come per dataset and split (the rows' `source` and `split`, or the folder name), per
+expression and, for RefCOCO-style data with several expressions per object, per instance.
+`--out DIR` writes `metrics.json`, `metrics.md` (the table) and `predictions.jsonl`.
 
 Evaluation walks the path training walks: the same prompts, parser and mask decoder, so a
 number here and a reward there mean the same thing. Completions that do not parse are empty
@@ -28,12 +34,13 @@ from tokens.decoders import MaskDecoder, Prompt, as_image_array, resize_mask
 @dataclass
 class Prediction:
     """What the model answered for one sample: the stage-1 text, each refinement round's text,
-    and the final instances (normalized)."""
+    the final instances (normalized), and the instances each refinement round started from."""
 
     stage1: str
     refinements: list[str] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     parsed: bool = True
+    before_rounds: list[list[Instance]] = field(default_factory=list)
 
 
 def generate(model, processor, conversations: Sequence[list], images: Sequence,
@@ -64,6 +71,34 @@ def generate(model, processor, conversations: Sequence[list], images: Sequence,
     return out
 
 
+class VLLMGenerator:
+    """Greedy generation with vLLM (`pip install vllm`, a CUDA machine): the same chat template
+    and the same image per prompt as `generate`, as one batched `LLM.generate` call."""
+
+    def __init__(self, model_dir: str | Path, processor, **llm_kwargs):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise RuntimeError("--vllm needs vLLM: pip install -e '.[vllm]' on a CUDA machine "
+                               f"({e})") from e
+        self.processor = processor
+        self.llm = LLM(model=str(model_dir), limit_mm_per_prompt={"image": 1},
+                       **{"seed": 0, **llm_kwargs})
+
+    def __call__(self, conversations: Sequence[list], images: Sequence,
+                 max_new_tokens: int = 64) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
+                                skip_special_tokens=True)
+        inputs = [{"prompt": self.processor.apply_chat_template(c, add_generation_prompt=True,
+                                                                tokenize=False),
+                   "multi_modal_data": {"image": img if hasattr(img, "convert") else _pil(img)}}
+                  for c, img in zip(conversations, images, strict=True)]
+        outs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+
 def _pil(image):
     from PIL import Image
 
@@ -72,10 +107,18 @@ def _pil(image):
 
 def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: SpatialVocab,
             refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-            batch_size: int = 32) -> list[Prediction]:
+            batch_size: int = 32, generator=None) -> list[Prediction]:
     """Propose, then refine `rounds` times: each round the conversation gains the last answer
-    and the refinement request, and the offsets move the current points."""
-    first = generate(model, processor, list(prompts), images, max_new_tokens, batch_size)
+    and the refinement request, and the offsets move the current points.
+
+    generator: a callable (conversations, images, max_new_tokens) -> texts, e.g.
+    `VLLMGenerator`; None generates with `model` (transformers, batched)."""
+    def gen(convs, imgs):
+        if generator is not None:
+            return generator(convs, imgs, max_new_tokens)
+        return generate(model, processor, convs, imgs, max_new_tokens, batch_size)
+
+    first = gen(list(prompts), list(images))
     preds = []
     for text in first:
         ans = parse_answer(text, vocab)
@@ -86,10 +129,10 @@ def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: 
         if not active:
             break
         asks = [convs[k] + [user_turn(refine_prompt)] for k in active]
-        texts = generate(model, processor, asks, [images[k] for k in active], max_new_tokens,
-                         batch_size)
+        texts = gen(asks, [images[k] for k in active])
         for k, text in zip(active, texts, strict=True):
             preds[k].refinements.append(text)
+            preds[k].before_rounds.append(preds[k].instances)
             preds[k].instances = apply_refinement(preds[k].instances, text, vocab)
             convs[k] = asks[active.index(k)] + [assistant_turn(text)]
     return preds
@@ -110,7 +153,8 @@ def masks_for(decoder: MaskDecoder, image, instances: Sequence[Instance],
 
 
 def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
-          decoder: MaskDecoder, kinds: Sequence[str] | None = None) -> list[SampleScore]:
+          decoder: MaskDecoder, kinds: Sequence[str] | None = None,
+          instances: Sequence[str] | None = None) -> list[SampleScore]:
     from pycocotools import mask as mask_utils
 
     out = []
@@ -121,55 +165,125 @@ def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
         pred_mask = masks_for(decoder, image, pred.instances, (gt.width, gt.height))
         out.append(score_sample(pred_mask, gt.union_mask(), ignore,
                                 [i.box for i in pred.instances], list(gt.boxes_norm),
-                                pred.parsed, kinds[k] if kinds else ""))
+                                pred.parsed, kinds[k] if kinds else "",
+                                instances[k] if instances else ""))
     return out
+
+
+def predict_and_score(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
+                      refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
+                      batch_size: int = 32, generator=None
+                      ) -> tuple[list[Prediction], list[SampleScore]]:
+    """Predictions and per-sample scores on GRPO-style rows (`prompt`, `image`, `solution`,
+    and optionally `kind`, `instance`)."""
+    prompts = [r["prompt"] for r in rows]
+    images = [r["image"] for r in rows]
+    preds = predict(model, processor, prompts, images, vocab, refine_prompt, rounds,
+                    max_new_tokens, batch_size, generator)
+    scores = score(preds, images, [r["solution"] for r in rows], decoder,
+                   [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows])
+    return preds, scores
 
 
 def evaluate_rows(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
                   refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-                  batch_size: int = 32) -> tuple[dict, list[Prediction]]:
-    """Metrics of a model on GRPO-style rows (`prompt`, `image`, `solution`, `kind`)."""
-    prompts = [r["prompt"] for r in rows]
-    images = [r["image"] for r in rows]
-    preds = predict(model, processor, prompts, images, vocab, refine_prompt, rounds,
-                    max_new_tokens, batch_size)
-    scores = score(preds, images, [r["solution"] for r in rows], decoder,
-                   [r.get("kind", "") for r in rows])
-    return summarize(scores), preds
+                  batch_size: int = 32, generator=None) -> tuple[dict, list[Prediction]]:
+    """Per-expression metrics of a model on GRPO-style rows, and its predictions."""
+    preds, scores = predict_and_score(model, processor, rows, decoder, vocab, refine_prompt,
+                                      rounds, max_new_tokens, batch_size, generator)
+    out = summarize(scores)
+    out["answer_tokens_per_instance"] = answer_tokens_per_instance(processor, preds)
+    return out, preds
+
+
+def answer_tokens_per_instance(processor, preds: Sequence[Prediction]) -> float | None:
+    """Tokenizer tokens inside the `<answer>` blocks (proposal and every refinement round) per
+    proposed instance, over the predictions that proposed any: what a mask costs in tokens."""
+    tok = getattr(processor, "tokenizer", processor)
+    tokens = instances = 0
+    for p in preds:
+        proposed = len(p.before_rounds[0]) if p.before_rounds else len(p.instances)
+        if not proposed:
+            continue
+        instances += proposed
+        for text in [p.stage1, *p.refinements]:
+            start, end = text.find("<answer>"), text.find("</answer>")
+            if start >= 0:
+                body = text[start + len("<answer>"):end if end > start else len(text)].strip()
+                tokens += len(tok(body, add_special_tokens=False)["input_ids"]) if body else 0
+    return tokens / instances if instances else None
+
+
+def dataset_name(row, folder: str | Path) -> str:
+    """`source/split` of a row; the folder name stands in for a missing split."""
+    split = row.get("split") or Path(folder).name
+    return f"{row.get('source') or Path(folder).name}/{split}"
 
 
 def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a saved model folder (with spatial_vocab.json)")
-    p.add_argument("--data", required=True,
-                   help="a folder written by `python -m rl.data --build grpo`")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="folders written by `python -m rl.data --build grpo` (or rows)")
     p.add_argument("--rounds", type=int, default=0, help="refinement rounds (0: grid only)")
-    p.add_argument("--decoder", default="region")
-    p.add_argument("--prompts", default=None)
+    p.add_argument("--decoder", default="region",
+                   help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
+                        '"checkpoint": "sam_vit_h.pth"}')
+    p.add_argument("--prompts", default=None, help="prompt templates (default configs/prompts"
+                                                   ".yaml; the recipe's for a tiny model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", default=None, help="write the metrics JSON here")
+    p.add_argument("--limit", type=int, default=None, help="at most this many rows per folder")
+    p.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm, CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="write metrics.json, metrics.md and predictions.jsonl into this folder")
     a = p.parse_args(argv)
+    import torch
     from datasets import load_from_disk
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from rl.data.__main__ import _decoder
     from rl.data.samples import load_prompts
+    from rl.metrics import markdown_table, report
 
-    model = AutoModelForImageTextToText.from_pretrained(a.model).eval()
+    torch.manual_seed(a.seed)
     processor = AutoProcessor.from_pretrained(a.model)
     vocab = SpatialVocab.load(a.model)
-    ds = load_from_disk(a.data)
-    rows = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
-    metrics, _ = evaluate_rows(model, processor, rows, _decoder(a.decoder), vocab,
-                               load_prompts(a.prompts)["stage2"], a.rounds, a.max_new_tokens,
-                               a.batch_size)
-    print(json.dumps(metrics, indent=2))
+    prompts = load_prompts(a.prompts)
+    generator = VLLMGenerator(a.model, processor) if a.vllm else None
+    model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(a.model).eval()
+    rows, names = [], []
+    for folder in a.data:
+        ds = load_from_disk(folder)
+        part = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
+        if part and "prompt" not in part[0]:  # `--build rows`: ask the stage-1 question
+            part = [{**r, "prompt": [user_turn(prompts["stage1"].format(
+                expression=r["expression"]), image=True)]} for r in part]
+        rows += part
+        names += [dataset_name(r, folder) for r in part]
+    preds, scores = predict_and_score(model, processor, rows, _decoder(a.decoder), vocab,
+                                      prompts["stage2"], a.rounds, a.max_new_tokens,
+                                      a.batch_size, generator)
+    results = report(scores, names)
+    results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
+                    "results": results}
+    table = markdown_table(results, a.model)
+    print(table)
     if a.out:
-        Path(a.out).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results_meta, indent=2) + "\n")
+        (out / "metrics.md").write_text(table)
+        with (out / "predictions.jsonl").open("w") as f:
+            for r, name, pred, sc in zip(rows, names, preds, scores, strict=True):
+                f.write(json.dumps({"id": r.get("id"), "dataset": name,
+                                    "stage1": pred.stage1, "refinements": pred.refinements,
+                                    "parsed": pred.parsed, "iou": sc.iou,
+                                    "box_iou": sc.box_iou}) + "\n")
+        print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")
+    return results_meta
 
 
 if __name__ == "__main__":

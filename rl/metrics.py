@@ -4,6 +4,11 @@ Per sample, P is the union of the predicted masks and G the union of the ground-
 I = |P ∩ G|, U = |P ∪ G| (pixels of the `ignore` mask left out of both), IoU = I/U and IoU = 1
 when U = 0 (a correct empty answer). gIoU is the mean of per-sample IoU, cIoU = ΣI / ΣU. A
 completion that does not parse is an empty prediction: scored, never skipped.
+
+Results are per expression (every sample counts once) and, where several expressions describe
+one object (RefCOCO's `ref` with its sentences), also per instance: each object's samples are
+averaged first, then the objects (see `summarize_per_instance`). `report` groups samples by
+dataset and split and `markdown_table` writes the table.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class SampleScore:
     box_iou: float | None
     parsed: bool
     kind: str = ""
+    instance: str = ""  # the object the expression refers to (per-instance results)
 
     @property
     def iou(self) -> float:
@@ -36,7 +42,7 @@ class SampleScore:
 
 def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, ignore: np.ndarray | None,
                  pred_boxes: Sequence, gt_boxes: Sequence, parsed: bool,
-                 kind: str = "") -> SampleScore:
+                 kind: str = "", instance: str = "") -> SampleScore:
     """Score one sample; masks in the ground truth's (H, W) frame, boxes normalized xyxy.
 
     The predicted box of a single-target sample is its first instance's box, or the tight box
@@ -53,7 +59,8 @@ def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, ignore: np.ndarray 
             h, w = pred_mask.shape
             box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
         b_iou = float(box_iou([box], [gt_boxes[0]])[0, 0]) if box is not None else 0.0
-    return SampleScore(inter, union, len(gt_boxes), len(pred_boxes), b_iou, parsed, kind)
+    return SampleScore(inter, union, len(gt_boxes), len(pred_boxes), b_iou, parsed, kind,
+                       instance)
 
 
 def summarize(scores: Sequence[SampleScore]) -> dict:
@@ -86,3 +93,77 @@ def summarize(scores: Sequence[SampleScore]) -> dict:
         out["gIoU_by_kind"] = {k: float(np.mean([s.iou for s in scores if s.kind == k]))
                                for k in kinds}
     return out
+
+
+def summarize_per_instance(scores: Sequence[SampleScore]) -> dict:
+    """Per-instance results: the samples of each object (same `instance`; a sample without one
+    is its own object) are averaged first, then the objects, so an object described by five
+    expressions weighs as much as one described by one. gIoU and Acc@τ average the per-object
+    means; cIoU = Σ mean I / Σ mean U over objects."""
+    groups: dict[str, list[SampleScore]] = {}
+    for k, s in enumerate(scores):
+        groups.setdefault(s.instance or f"#{k}", []).append(s)
+    if not groups:
+        return {"instances": 0}
+    g_iou, inter, union, acc5, acc8 = [], 0.0, 0.0, [], []
+    for members in groups.values():
+        g_iou.append(np.mean([s.iou for s in members]))
+        inter += np.mean([s.intersection for s in members])
+        union += np.mean([s.union for s in members])
+        rec = [s.box_iou for s in members if s.box_iou is not None]
+        if rec:
+            acc5.append(np.mean([b > 0.5 for b in rec]))
+            acc8.append(np.mean([b > 0.8 for b in rec]))
+    return {
+        "instances": len(groups),
+        "gIoU": float(np.mean(g_iou)),
+        "cIoU": float(inter / union) if union else 1.0,
+        "Acc@0.5": float(np.mean(acc5)) if acc5 else None,
+        "Acc@0.8": float(np.mean(acc8)) if acc8 else None,
+    }
+
+
+def report(scores: Sequence[SampleScore], datasets: Sequence[str]) -> dict:
+    """Results per dataset/split name (one per score, e.g. `refcoco/testA`): per expression
+    always, per instance when some object has more than one expression."""
+    if len(datasets) != len(scores):
+        raise ValueError(f"{len(datasets)} dataset names for {len(scores)} scores")
+    out = {}
+    for name in dict.fromkeys(datasets):
+        part = [s for s, d in zip(scores, datasets, strict=True) if d == name]
+        entry = {"per_expression": summarize(part)}
+        ids = [s.instance for s in part if s.instance]
+        if len(set(ids)) < len(ids):
+            entry["per_instance"] = summarize_per_instance(part)
+        out[name] = entry
+    return out
+
+
+_COLUMNS = (("samples", "samples", "d"), ("gIoU", "gIoU", "pct"), ("cIoU", "cIoU", "pct"),
+            ("Acc@0.5", "Acc@0.5", "pct"), ("Acc@0.8", "Acc@0.8", "pct"),
+            ("no_target_accuracy", "N-acc", "pct"), ("target_accuracy", "T-acc", "pct"),
+            ("parse_failures", "parse failures", "d"), ("no_target_samples", "no-target", "d"))
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" if fmt == "pct" else f"{int(value)}"
+
+
+def markdown_table(results: dict, model: str = "") -> str:
+    """A Markdown table of `report` output: a row per dataset/split (and per-instance rows where
+    present); scores in percent."""
+    head = "| dataset / split | " + " | ".join(c[1] for c in _COLUMNS) + " |"
+    lines = ([f"Model: `{model}`", ""] if model else []) + [
+        head, "|" + "---|" * (len(_COLUMNS) + 1)]
+    for name, entry in results.items():
+        m = entry["per_expression"]
+        lines.append(f"| {name} (per expression) | "
+                     + " | ".join(_cell(m.get(k), f) for k, _, f in _COLUMNS) + " |")
+        if "per_instance" in entry:
+            pi = {**entry["per_instance"], "samples": entry["per_instance"]["instances"]}
+            lines.append(f"| {name} (per instance: {pi['samples']} objects) | "
+                         + " | ".join(_cell(pi.get(k), f) if k in pi else "" for k, _, f
+                                      in _COLUMNS) + " |")
+    return "\n".join(lines) + "\n"

@@ -293,8 +293,7 @@ class Pipeline:
 
     def _pictures(self, checkpoint: Path, processor) -> None:
         from rl.evaluate import masks_for
-        from rl.visualize import draw_prediction
-        from tokens import parse_answer, parse_refinement
+        from rl.visualize import draw_prediction, refinement_marks
 
         preds = getattr(self, "last_predictions", None)
         if preds is None:
@@ -307,16 +306,8 @@ class Pipeline:
             mask = masks_for(self.decoder(), image, pred.instances, (w, h))
             moves, deleted = [], []
             if pred.refinements:
-                first = parse_answer(pred.stage1, self.vocab).instances
-                ref = parse_refinement(pred.refinements[0], first, self.vocab)
-                for inst, line in zip(first, ref.lines, strict=False):
-                    if not line.well_formed or line.seg is None:
-                        continue
-                    for (x, y), op in zip(inst.points, line.seg, strict=True):
-                        if op is None:
-                            deleted.append((x, y))
-                        elif op != (0, 0):
-                            moves.append(((x, y), self.vocab.apply_offset(x, y, *op)))
+                moves, deleted = refinement_marks(self._instances(pred.stage1),
+                                                  pred.refinements[0], self.vocab)
             draw_prediction(image, pred.instances, self.vocab,
                             self.out / "pictures" / f"{k:02d}_{row['id']}.png", mask, moves,
                             deleted)

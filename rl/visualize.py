@@ -2,7 +2,8 @@
 
 `draw_prediction` shows the image with the grid lattice, the decoded mask (translucent), each
 box, each seg point, and for refinements each offset as an arrow and each deleted point crossed
-out. `plot_rewards` writes one PNG per reward term from a TRL log history.
+out. `plot_rewards` writes one PNG per stage with each reward term's mean over steps, from a TRL
+log history; `python -m rl.visualize runs/default` redraws them from a run's saved logs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ POINT_COLOUR = (255, 0, 0)
 ARROW_COLOUR = (255, 255, 0)
 DELETED_COLOUR = (255, 0, 255)
 GRID_COLOUR = (70, 70, 70)
+
+
+def refinement_marks(instances: Sequence[Instance], refinement: str, vocab: SpatialVocab
+                     ) -> tuple[list, list]:
+    """What one refinement answer did to `instances` (the points it refined): the moved points
+    as ((x0, y0), (x1, y1)) and the deleted points as (x, y), normalized. Lines that are not
+    well formed change nothing (as in `apply_refinement`) and are not drawn."""
+    from tokens import parse_refinement
+
+    moves, deleted = [], []
+    ref = parse_refinement(refinement, list(instances), vocab)
+    for inst, line in zip(instances, ref.lines, strict=False):
+        if not line.well_formed or line.seg is None:
+            continue
+        for (x, y), op in zip(inst.points, line.seg, strict=False):
+            if op is None:
+                deleted.append((x, y))
+            elif op != (0, 0):
+                moves.append(((x, y), vocab.apply_offset(x, y, *op)))
+    return moves, deleted
 
 
 def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
@@ -67,33 +88,92 @@ def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, p
     return path
 
 
-def plot_rewards(log_history: Sequence[dict], out_dir: str | Path, stage: str) -> list[Path]:
-    """One PNG per reward term (`rewards/<name>/mean` in TRL's log) of one stage."""
+def reward_curves(log_history: Sequence[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(step, mean) per reward term (`rewards/<name>/mean` in TRL's log) and for the weighted
+    total (`reward`); steps where a term was None (nothing to score) are left out."""
+    curves: dict[str, list] = {}
+    for e in log_history:
+        if "step" not in e:
+            continue
+        for key, value in e.items():
+            name = ("total" if key == "reward" else key.split("/")[1]
+                    if key.startswith("rewards/") and key.endswith("/mean") else None)
+            if name is not None and isinstance(value, int | float) and np.isfinite(value):
+                curves.setdefault(name, []).append((e["step"], float(value)))
+    return curves
+
+
+def plot_rewards(log_history: Sequence[dict], out_dir: str | Path, stage: str) -> Path | None:
+    """One PNG per stage, `<stage>_rewards.png`: a panel per reward term with its mean over
+    steps, and the weighted total. None when the log has no reward."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = reward_curves(log_history)
+    if not curves:
+        return None
+    names = (["total"] if "total" in curves else []) + sorted(n for n in curves if n != "total")
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = zip(*curves[name], strict=True)
+        ax.plot(steps, values, marker=".", lw=1, color="black" if name == "total" else None)
+        ax.set_title(name if name != "total" else "total (weighted sum)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{stage}: mean reward per term")
+    fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = sorted({k.split("/")[1] for entry in log_history for k in entry
-                    if k.startswith("rewards/") and k.endswith("/mean")})
+    path = out_dir / f"{stage}_rewards.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """The reward plots of every GRPO stage of a training run, from the logs it saved
+    (`<stage>/stage.json`, or TRL's `trainer_state.json` of a run still going)."""
+    import json
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "plots"
     paths = []
-    for name in names:
-        pts = [(e["step"], e[f"rewards/{name}/mean"]) for e in log_history
-               if f"rewards/{name}/mean" in e]
-        if not pts:
-            continue
-        steps, values = zip(*pts, strict=True)
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(steps, values, marker=".", lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("mean reward")
-        ax.set_title(f"{stage}: {name}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"{stage}_{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        hist = None
+        if (run_dir / stage / "stage.json").is_file():
+            hist = json.loads((run_dir / stage / "stage.json").read_text())["log_history"]
+        else:
+            states = sorted((run_dir / stage).glob("**/trainer_state.json"),
+                            key=lambda p: p.stat().st_mtime)
+            if states:
+                hist = json.loads(states[-1].read_text())["log_history"]
+        if hist and (path := plot_rewards(hist, out, stage)) is not None:
+            paths.append(path)
     return paths
+
+
+def main(argv=None) -> list[Path]:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rl.visualize",
+                                description="Reward plots of a training run, one PNG per stage.")
+    p.add_argument("run", help="a run folder (e.g. runs/default)")
+    p.add_argument("--out", default=None, help="where to write (default RUN/plots)")
+    a = p.parse_args(argv)
+    paths = plot_run(a.run, a.out)
+    if not paths:
+        raise SystemExit(f"{a.run}: no GRPO stage log found (grpo_stage*/stage.json or "
+                         "trainer_state.json)")
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

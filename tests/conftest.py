@@ -19,3 +19,13 @@ def tiny_model_dirs(tmp_path_factory):
         "tied": build_tiny_qwen2_5_vl(root / "tied", tie_word_embeddings=True),
         "untied": build_tiny_qwen2_5_vl(root / "untied", tie_word_embeddings=False),
     }
+
+
+@pytest.fixture(scope="session")
+def grid8_model(tiny_model_dirs, tmp_path_factory):
+    """The tied tiny checkpoint with an 8-grid spatial vocabulary (untrained)."""
+    from tokens.extend import main as extend
+
+    out = tmp_path_factory.mktemp("grid8")
+    extend(["--model", str(tiny_model_dirs["tied"]), "--out", str(out), "--grid-size", "8"])
+    return out

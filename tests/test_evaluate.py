@@ -25,14 +25,11 @@ def test_scoring_predictions_by_hand():
     assert scores[1].iou == 0.0 and not scores[1].parsed
 
 
-def test_evaluating_twice_gives_identical_numbers(tiny_model_dirs, tmp_path):
+def test_evaluating_twice_gives_identical_numbers(grid8_model):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from tokens.extend import main as extend
-
-    extend(["--model", str(tiny_model_dirs["tied"]), "--out", str(tmp_path), "--grid-size", "8"])
-    model = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
-    proc = AutoProcessor.from_pretrained(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(grid8_model).eval()
+    proc = AutoProcessor.from_pretrained(grid8_model)
     v = SpatialVocab(8)
     rows = list(build_grpo_stage1(synthetic_records(6, seed=2), load_prompts(),
                                   BuildConfig(vocab=v)))
@@ -43,3 +40,50 @@ def test_evaluating_twice_gives_identical_numbers(tiny_model_dirs, tmp_path):
     assert a == b and [p.stage1 for p in pa] == [p.stage1 for p in pb]
     assert a["samples"] == 6 and a["parse_failures"] == 6  # untrained: scored, not skipped
     assert np.isclose(a["gIoU"], np.mean([0.0] * 6)) or a["no_target_samples"] > 0
+
+
+def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_model, tmp_path):
+    import json
+
+    from rl.data.__main__ import main as build
+    from rl.evaluate import main
+
+    build(["--source", "synthetic", "--n", "5", "--build", "grpo", "--grid-size", "8",
+           "--out", str(tmp_path / "synthetic-val")])
+    build(["--source", "synthetic", "--n", "3", "--seed", "7", "--build", "rows",
+           "--out", str(tmp_path / "rows-test")])
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"eval{k}"
+        main(["--model", str(grid8_model), "--data", str(tmp_path / "synthetic-val"),
+              str(tmp_path / "rows-test"), "--rounds", "1", "--max-new-tokens", "10",
+              "--batch-size", str(2 + k), "--out", str(out)])
+        runs.append(out)
+    first = json.loads((runs[0] / "metrics.json").read_text())
+    assert first == json.loads((runs[1] / "metrics.json").read_text())  # identical numbers
+    res = first["results"]
+    assert list(res) == ["synthetic/synthetic-val", "synthetic/rows-test"]
+    assert res["synthetic/synthetic-val"]["per_expression"]["samples"] == 5
+    assert res["synthetic/rows-test"]["per_expression"]["samples"] == 3
+    for entry in res.values():  # an untrained model: every answer a parse failure, all scored
+        m = entry["per_expression"]
+        assert m["parse_failures"] == m["samples"]
+    table = (runs[0] / "metrics.md").read_text()
+    assert "| synthetic/synthetic-val (per expression) | 5 |" in table
+    preds = [json.loads(line) for line in (runs[0] / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 8 and {"id", "dataset", "stage1", "iou"} <= set(preds[0])
+
+
+def test_asking_for_vllm_without_it_says_how_to_get_it(grid8_model, tmp_path):
+    import pytest
+
+    from rl.evaluate import VLLMGenerator
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(RuntimeError, match="needs vLLM"):
+        VLLMGenerator(grid8_model, None)

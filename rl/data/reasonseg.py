@@ -98,7 +98,8 @@ def reasonseg_records(root: str | Path, skips: Skips | None = None) -> Iterator[
         for q, text in enumerate(texts):
             yield Record(id=f"reasonseg-{rec}-{q}", source="reasonseg", image=image,
                          expression=text.strip(), solution=solution,
-                         kind="sentence" if ann.get("is_sentence") else "phrase")
+                         kind="sentence" if ann.get("is_sentence") else "phrase",
+                         extra={"split": root.name})
 
 
 def segzero_records(root: str | Path, decoder, skips: Skips | None = None) -> Iterator[Record]:

@@ -138,4 +138,5 @@ def refer_records(root: str | Path, images_dir: str | Path, split: str | None = 
             yield Record(id=f"{source}-{rec}-{s}", source=source, image=image,
                          expression=text.strip(), solution=solution,
                          kind="none" if no_target else ("multi" if len(ids) > 1 else "single"),
-                         extra={"split": ref.get("split", ""), "image_id": image_id})
+                         extra={"split": ref.get("split", ""), "image_id": image_id,
+                                "instance": f"{source}-{rec}"})

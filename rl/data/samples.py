@@ -118,10 +118,12 @@ def _to_image(image) -> np.ndarray:
 
 def base_columns(rec: Record, image: np.ndarray) -> dict:
     """The columns every row carries; the image as a PIL image (what TRL's processors and
-    `datasets.Image` take)."""
+    `datasets.Image` take). `split` and `instance` (the object an expression refers to; the
+    record id when unknown) let evaluation report per dataset/split and per instance."""
     from PIL import Image
 
-    return {"id": rec.id, "source": rec.source, "image": Image.fromarray(image),
+    return {"id": rec.id, "source": rec.source, "split": str(rec.extra.get("split", "")),
+            "instance": str(rec.extra.get("instance", rec.id)), "image": Image.fromarray(image),
             "expression": rec.expression, "kind": rec.kind,
             "solution": json.dumps(rec.solution)}
 

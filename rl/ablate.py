@@ -1,0 +1,272 @@
+"""The ablation runner: train every variant, evaluate it, and write one table.
+
+    python -m rl.ablate configs/ablations/*.yaml               # the reward ablation (Table 11)
+    python -m rl.ablate configs/grid_study/*.yaml              # grid resolution (Table 3)
+    python -m rl.ablate configs/ablations/*.yaml --task my_task.yaml --out runs/my-ablation
+
+Each variant is a recipe (usually `base: ../default.yaml` plus what it changes). The full model
+is the first variant's `base` unless `--full` names another recipe; its row is at the top.
+`--task` is a YAML mapping merged over every recipe, the full one included (e.g. a `data:`
+section pointing at another dataset), so the same ablation runs on any task.
+
+Stages are shared where they are the same: when an earlier variant already trained a stage from
+an identical recipe prefix (everything up to and including that stage; output folders aside),
+its checkpoint and metrics are copied (hard links) and the pipeline resumes after it. The reward
+ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1.
+
+Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json`, and
+`rewards_<stage>.png` with each variant's mean total reward over steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from rl.config import RunConfig, load_config, load_yaml_chain, to_dict
+
+STAGES = ("sft", "grpo_stage1", "grpo_stage2")
+# What a stage's result depends on, beyond the recipe sections of earlier stages.
+_UNSHARED = ("output_dir", "progress_bars", "logging_steps", "cpu_threads")
+
+
+def stage_key(cfg: RunConfig, stage: str) -> str:
+    """A digest of everything that decides a stage's checkpoint and metrics: the recipe without
+    its output folder and without the sections of later stages."""
+    d = to_dict(cfg)
+    for k in _UNSHARED:
+        d.pop(k, None)
+    for later in STAGES[STAGES.index(stage) + 1:]:
+        d.pop(later, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(cfg: RunConfig, full: RunConfig) -> list[str]:
+    """`key=value` for each recipe value that differs from the full model's."""
+    a, b = _flatten(to_dict(cfg)), _flatten(to_dict(full))
+    return [f"{k}={a.get(k)}" for k in sorted(set(a) | set(b))
+            if k not in _UNSHARED and a.get(k) != b.get(k)]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+
+
+def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
+    """Copy into `cfg.output_dir` the stages an earlier variant trained from the same recipe
+    prefix (`done` maps stage keys to that variant's folder); returns the stages reused."""
+    out = Path(cfg.output_dir)
+    reused = []
+    for stage in STAGES:
+        if not getattr(cfg, stage).enabled:
+            continue
+        src = done.get(stage_key(cfg, stage))
+        if src is None or not (src / stage / "stage.json").is_file():
+            break
+        if src.resolve() != out.resolve() and not (out / stage / "stage.json").is_file():
+            _link_tree(src / stage, out / stage)
+        reused.append(stage)
+    if reused:  # the evaluations before the first stage too (the untrained model)
+        src = done[stage_key(cfg, reused[0])]
+        prev = json.loads((src / "metrics.json").read_text())
+        keep = {k: v for k, v in prev.get("evaluation", {}).items()
+                if k == "untrained" or k in reused}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"evaluation": keep}, indent=2))
+    return reused
+
+
+def final_stage(metrics: dict) -> str | None:
+    ev = metrics.get("evaluation", {})
+    return next((s for s in reversed(("untrained",) + STAGES) if s in ev), None)
+
+
+ROW_METRICS = (("gIoU", "gIoU"), ("cIoU", "cIoU"), ("Acc@0.5", "Acc@0.5"),
+               ("Acc@0.8", "Acc@0.8"))
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per variant: the final stage's held-out metrics, gIoU after each stage, the
+    stage-1 reward terms' last-fifth means and answer tokens per instance."""
+    rows = []
+    full = results[0]
+    full_final = full["metrics"]["evaluation"].get(final_stage(full["metrics"]) or "", {})
+    for r in results:
+        ev = r["metrics"].get("evaluation", {})
+        stage = final_stage(r["metrics"])
+        m = ev.get(stage, {}) if stage else {}
+        row = {"variant": r["name"], "changes": r["changes"], "final_stage": stage,
+               **{k: m.get(k) for k, _ in ROW_METRICS},
+               "parse_failures": m.get("parse_failures"), "samples": m.get("samples"),
+               "answer_tokens_per_instance": m.get("answer_tokens_per_instance"),
+               "gIoU_by_stage": {s: ev[s]["gIoU"] for s in ("sft",) + STAGES[1:] if s in ev},
+               "reused": r["reused"]}
+        if m.get("gIoU") is not None and full_final.get("gIoU") is not None:
+            row["delta_gIoU"] = m["gIoU"] - full_final["gIoU"]
+        rows.append(row)
+    return rows
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| variant | changes | gIoU | cIoU | Acc@0.5 | Acc@0.8 | Δ gIoU | gIoU after SFT / "
+            "stage 1 / stage 2 | parse failures | answer tokens / instance |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        by = r["gIoU_by_stage"]
+        stages = " / ".join(_pct(by.get(s)) for s in STAGES)
+        changes = ", ".join(f"`{c}`" for c in r["changes"]) or "(full model)"
+        tokens = r["answer_tokens_per_instance"]
+        delta = r.get("delta_gIoU")
+        lines.append(
+            f"| {r['variant']} | {changes} | " + " | ".join(_pct(r[k]) for k, _ in ROW_METRICS)
+            + f" | {'–' if delta is None else f'{100 * delta:+.1f}'} | {stages} | "
+            f"{r['parse_failures']}/{r['samples']} | "
+            f"{'–' if tokens is None else f'{tokens:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "reward") -> Path | None:
+    """One PNG: each variant's `key` (TRL's mean total reward by default) over the steps of
+    `stage`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for r in results:
+        path = Path(r["dir"]) / stage / "stage.json"
+        if path.is_file():
+            hist = json.loads(path.read_text()).get("log_history", [])
+            pts = [(e["step"], e[key]) for e in hist if key in e and "step" in e]
+            if pts:
+                curves[r["name"]] = pts
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, pts in curves.items():
+        steps, vals = zip(*pts, strict=True)
+        ax.plot(steps, vals, lw=1.2, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"mean {key}")
+    ax.set_title(f"{stage}: {key} per variant")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"rewards_{stage}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_variant(cfg: RunConfig, launcher: str | None) -> dict:
+    """Train and evaluate one variant: in this process, or through `launcher` (e.g.
+    `accelerate launch --config_file configs/accelerate/ddp.yaml`) on its recipe.yaml."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = out / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if launcher is None:
+        from rl.pipeline import Pipeline
+
+        return Pipeline(cfg).run()
+    script = Path(__file__).resolve().parent / "train_grpo.py"
+    cmd = [*shlex.split(launcher), str(script), "--config", str(recipe)]
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv=None) -> list[dict]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="python -m rl.ablate", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("variants", nargs="+", help="variant recipes (YAML)")
+    p.add_argument("--full", default=None,
+                   help="the full model's recipe (default: the first variant's base)")
+    p.add_argument("--task", default=None, help="YAML merged over every recipe (another task)")
+    p.add_argument("--out", default="runs/ablations", help="output folder")
+    p.add_argument("--launcher", default=None,
+                   help='run each variant as a subprocess, e.g. "accelerate launch"')
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the variants and what they change; train nothing")
+    a = p.parse_args(argv)
+
+    task = load_yaml_chain(a.task) if a.task else {}
+    full_path = a.full
+    if full_path is None:
+        first = Path(a.variants[0])
+        base = (yaml.safe_load(first.read_text()) or {}).get("base")
+        if base is None:
+            raise SystemExit(f"{first}: has no `base:`; name the full model with --full")
+        full_path = str(first.parent / base)
+    out = Path(a.out)
+    named = [("full", full_path)] + [(Path(v).stem, v) for v in a.variants]
+    if len({n for n, _ in named}) != len(named):
+        raise SystemExit(f"variant names (file stems) must be distinct: {[n for n, _ in named]}")
+    cfgs = [(name, path, load_config(path, {**task, "output_dir": str(out / name)}))
+            for name, path in named]
+    full_cfg = cfgs[0][2]
+    for name, path, cfg in cfgs:
+        print(f"[ablate] {name:28s} {path}: {', '.join(differences(cfg, full_cfg)) or 'full'}")
+    if a.dry_run:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Path] = {}
+    results = []
+    for name, path, cfg in cfgs:
+        reused = reuse_stages(cfg, done)
+        print(f"[ablate] {name}: training" + (f" (reusing {', '.join(reused)})" if reused
+                                               else ""), flush=True)
+        metrics = run_variant(cfg, a.launcher)
+        for stage in STAGES:
+            if getattr(cfg, stage).enabled and (Path(cfg.output_dir) / stage / "stage.json"
+                                                ).is_file():
+                done.setdefault(stage_key(cfg, stage), Path(cfg.output_dir))
+        results.append({"name": name, "recipe": path, "dir": cfg.output_dir,
+                        "changes": differences(cfg, full_cfg), "reused": reused,
+                        "metrics": metrics})
+        rows = table_rows(results)
+        (out / "table.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+        (out / "table.md").write_text(markdown(rows))
+    for stage in STAGES[1:]:
+        plot_comparison(results, out, stage)
+    print(markdown(table_rows(results)))
+    print(f"[ablate] table: {out / 'table.md'}; curves: {out}/rewards_*.png")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

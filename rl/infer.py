@@ -1,0 +1,210 @@
+"""Propose-then-refine inference on one image: tokens, boxes, points, masks and a picture.
+
+    python -m rl.infer --model runs/default/grpo_stage2 --image scene.png \\
+        --query "the red circle" --rounds 1 --out prediction.png
+
+From Python:
+
+    from rl.infer import Grounder
+    g = Grounder("runs/default/grpo_stage2")
+    result = g("scene.png", "the red circle", rounds=1)
+    result.boxes, result.points, result.masks      # pixels of the input image
+    g.draw(result, "prediction.png")
+
+Round 0 is the grid-token proposal; each later round asks for offset tokens and moves, keeps or
+deletes (`<DELETE>`) every proposed point. `--rounds 0` is grid only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tokens import Instance, SpatialVocab
+
+SPATIAL_TOKEN_RE = re.compile(r"<grid_\d+_\d+>|<off_-?\d+_-?\d+>|<DELETE>")
+
+
+@dataclass
+class InferenceResult:
+    """One query's answer. Coordinates are pixels of the input image (x, y), boxes xyxy.
+
+    answers: the model's text per round (round 0: the proposal). tokens: the spatial tokens of
+    each answer. instances: final instances, normalized. masks: one (H, W) bool mask per final
+    instance. moves/deleted: per refinement round, the offsets applied (from, to) and the points
+    deleted, normalized."""
+
+    image: np.ndarray
+    query: str
+    answers: list[str]
+    tokens: list[list[str]]
+    instances: list[Instance]
+    masks: list[np.ndarray]
+    moves: list[list] = field(default_factory=list)
+    deleted: list[list] = field(default_factory=list)
+    proposed: list[Instance] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        h, w = self.image.shape[:2]
+        return w, h
+
+    @property
+    def boxes(self) -> list[tuple[float, float, float, float] | None]:
+        w, h = self.size
+        return [None if i.box is None else (i.box[0] * w, i.box[1] * h, i.box[2] * w,
+                                            i.box[3] * h) for i in self.instances]
+
+    @property
+    def points(self) -> list[list[tuple[float, float]]]:
+        w, h = self.size
+        return [[(x * w, y * h) for x, y in i.points] for i in self.instances]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The union of the instance masks."""
+        h, w = self.image.shape[:2]
+        out = np.zeros((h, w), bool)
+        for m in self.masks:
+            out |= m
+        return out
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "answers": self.answers, "tokens": self.tokens,
+                "boxes": self.boxes, "points": self.points,
+                "mask_pixels": [int(m.sum()) for m in self.masks],
+                "deleted_per_round": [len(d) for d in self.deleted],
+                "moved_per_round": [len(m) for m in self.moves]}
+
+
+def prompts_for(model_dir: str | Path, prompts: str | None = None) -> dict:
+    """The prompt templates a checkpoint was trained with: `prompts` when given, else the
+    `data.prompts` of the run's `config.json` (the checkpoint's parent folder), else the
+    default templates."""
+    from rl.data.samples import load_prompts
+
+    if prompts is None:
+        cfg = Path(model_dir).parent / "config.json"
+        if cfg.is_file():
+            prompts = json.loads(cfg.read_text()).get("data", {}).get("prompts")
+    return load_prompts(prompts)
+
+
+class Grounder:
+    """A trained checkpoint plus a mask decoder, answering (image, query) pairs."""
+
+    def __init__(self, model_dir: str | Path, decoder="region", prompts: str | None = None,
+                 max_new_tokens: int = 64, device: str | None = None):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from tokens.decoders import build_decoder
+
+        self.model_dir = Path(model_dir)
+        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir).eval()
+        if device:
+            self.model.to(device)
+        self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        self.vocab = SpatialVocab.load(self.model_dir)
+        self.prompts = prompts_for(self.model_dir, prompts)
+        self.decoder = build_decoder(decoder) if isinstance(decoder, str | dict) else decoder
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, image, query: str, rounds: int = 1) -> InferenceResult:
+        """Propose, refine `rounds` times, decode: the result for one image and query."""
+        img = _load_image(image)
+        return self.result(img, query, self.answers(img, query, rounds))
+
+    def answers(self, image, query: str, rounds: int = 1) -> list[str]:
+        """The model's texts: the grid-token proposal, then one offset answer per round
+        (fewer when a round leaves no instance to refine)."""
+        from rl.data.samples import user_turn
+        from rl.evaluate import predict
+
+        question = self.prompts["stage1"].format(expression=query)
+        pred = predict(self.model, self.processor, [[user_turn(question, image=True)]],
+                       [_load_image(image)], self.vocab, self.prompts["stage2"], rounds,
+                       self.max_new_tokens, 1)[0]
+        return [pred.stage1, *pred.refinements]
+
+    def result(self, image, query: str, answers: list[str]) -> InferenceResult:
+        """Read the answers (a proposal, then refinements): final instances, what each round
+        moved and deleted, and one decoded mask per final instance."""
+        from rl.visualize import refinement_marks
+        from tokens import apply_refinement, parse_answer
+        from tokens.decoders import Prompt, as_image_array
+
+        arr = as_image_array(_load_image(image))
+        proposed = parse_answer(answers[0], self.vocab).instances
+        instances, moves, deleted = proposed, [], []
+        for text in answers[1:]:
+            m, d = refinement_marks(instances, text, self.vocab)
+            moves.append(m)
+            deleted.append(d)
+            instances = apply_refinement(instances, text, self.vocab)
+        h, w = arr.shape[:2]
+        prompts = [Prompt.from_instance(i, w, h, max_points=64) for i in instances]
+        masks = [m.astype(bool) for m in self.decoder.decode(arr, prompts)] if prompts else []
+        return InferenceResult(arr, query, list(answers),
+                               [SPATIAL_TOKEN_RE.findall(a) for a in answers], instances, masks,
+                               moves, deleted, proposed)
+
+    def draw(self, result: InferenceResult, path: str | Path, scale: int | None = None) -> Path:
+        """The picture: image, grid lattice, decoded mask, boxes, final points, each offset as
+        an arrow and each deleted point crossed out (all rounds)."""
+        from rl.visualize import draw_prediction
+
+        moves = [m for rnd in result.moves for m in rnd]
+        deleted = [d for rnd in result.deleted for d in rnd]
+        return draw_prediction(result.image, result.instances, self.vocab, path, result.mask,
+                               moves, deleted, scale)
+
+
+def _load_image(image):
+    from PIL import Image
+
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image not found")
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def main(argv=None) -> InferenceResult:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = argparse.ArgumentParser(prog="python -m rl.infer", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a saved checkpoint (with spatial_vocab.json)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--query", required=True, help="the referring expression or question")
+    p.add_argument("--rounds", type=int, default=1, help="refinement rounds (0: grid only)")
+    p.add_argument("--decoder", default="region",
+                   help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
+                        '"checkpoint": "sam_vit_h.pth"}')
+    p.add_argument("--prompts", default=None, help="prompt templates (default: the run's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", default="prediction.png", help="the picture to write")
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    a = p.parse_args(argv)
+    decoder = json.loads(a.decoder) if a.decoder.strip().startswith("{") else a.decoder
+    g = Grounder(a.model, decoder, a.prompts, a.max_new_tokens)
+    result = g(a.image, a.query, a.rounds)
+    g.draw(result, a.out)
+    info = result.to_json()
+    print(json.dumps(info, indent=2))
+    print(f"picture: {a.out}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(info, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
