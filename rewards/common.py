@@ -73,14 +73,15 @@ class Reward:
 
     name = ""
 
-    def __init__(self, codec: str | Codec = "grid", vocab: SpatialVocab | Mapping | None = None,
+    def __init__(self, codec: str | Mapping | Codec = "grid",
+                 vocab: SpatialVocab | Mapping | None = None,
                  match_weights: Sequence[float] = (1.0, 1.0, 1.0), l1_scale: float = 0.05):
         if isinstance(vocab, Mapping):
             vocab = SpatialVocab(**vocab)
         self.vocab = vocab or SpatialVocab()
-        self.codec = (codec if isinstance(codec, Codec)
-                      else get_codec(codec, vocab=self.vocab) if codec == "grid"
-                      else get_codec(codec))
+        if isinstance(codec, Mapping):  # {"name": ..., **params} from a config
+            codec = get_codec(vocab=self.vocab, **codec)
+        self.codec = codec if isinstance(codec, Codec) else get_codec(codec, vocab=self.vocab)
         if len(match_weights) != 3:
             raise ValueError(f"match_weights needs (w_iou, w_hit, w_box), got {match_weights!r}")
         self.match_weights = tuple(float(w) for w in match_weights)
@@ -124,7 +125,8 @@ def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequenc
     Rows showing the same image (the G rollouts of a prompt) are decoded together: one
     embedding (cached across calls) and one `decode` call with all their prompts, identical
     prompts decoded once. A prompt keeps at most `max_points` distinct points, in order (the
-    points reward already charges for more). An instance of None gives an empty mask.
+    points reward already charges for more). An instance of None gives an empty mask; one that
+    carries its own coarse mask (`rle_text`) is upsampled, not decoded.
     """
     out: list[list] = [[] for _ in images]
     groups: dict[str, list[int]] = {}
@@ -143,15 +145,17 @@ def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequenc
         h, w = img.shape[:2]
         prompts, owners = [], []
         for row in rows:
+            fw, fh = frames[row]
+            out[row] = [np.zeros((fh, fw), dtype=bool) for _ in instance_lists[row]]
             for k, inst in enumerate(instance_lists[row]):
                 if inst is None:
                     continue
+                if inst.coarse is not None:  # a mask spelled out by the answer (rle_text)
+                    out[row][k] = resize_mask(np.asarray(inst.coarse, dtype=bool), fh, fw)
+                    continue
                 prompts.append(Prompt.from_instance(inst, w, h, max_points))
                 owners.append((row, k))
-        masks = decoder.decode(img, prompts)
-        for row in rows:
-            fw, fh = frames[row]
-            out[row] = [np.zeros((fh, fw), dtype=bool) for _ in instance_lists[row]]
+        masks = decoder.decode(img, prompts) if prompts else []
         for (row, k), m in zip(owners, masks, strict=True):
             fw, fh = frames[row]
             out[row][k] = resize_mask(m, fh, fw)

@@ -7,3 +7,21 @@ def test_bench_prints_its_figures(capsys):
     assert "tokens per mask" in out and "parse throughput" in out and "10th percentile" in out
     assert r["masks"] == 12 and r["tokens_per_mask"] >= 1
     assert 0 < r["iou_p10"] <= r["iou_mean"] <= 1 and r["parse_completions_per_s"] > 0
+
+
+def test_bench_compares_codecs_on_the_same_masks(capsys):
+    names = ["grid", "text_norm", "text_bins", "anchor_offset_text", "rle_text"]
+    r = main(["--masks", "4", "--size", "128", "--proposer", "region", "--codecs",
+              ",".join(names), "--codec-masks", "6"])
+    out = capsys.readouterr().out
+    assert "| codec | tokens / box | tokens / mask |" in out
+    rows = {row["codec"]: row for row in r["codecs"]}
+    assert list(rows) == names
+    for row in rows.values():
+        assert row["tokens_per_box"] >= 1 and row["tokens_per_mask"] >= 1
+        assert 0 <= row["iou_p10"] <= row["iou_mean"] <= 1
+    # Grid tokens are single tokens: a box is <box>, two cells, </box>.
+    assert rows["grid"]["tokens_per_box"] == 4
+    assert rows["text_norm"]["tokens_per_box"] > rows["grid"]["tokens_per_box"]
+    # Coordinate codecs write the same box and points: the decoded masks agree closely.
+    assert abs(rows["text_norm"]["iou_mean"] - rows["grid"]["iou_mean"]) < 0.05

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # Errors past this many per parse are counted, not listed: a 10k-token answer stays cheap.
 MAX_ERRORS = 64
 
@@ -23,10 +25,13 @@ class Instance:
 
     box: (x1, y1, x2, y2) in [0, 1], x1 <= x2 and y1 <= y2, or None.
     points: normalized (x, y) points inside the object (the `<seg>` set), possibly empty.
+    coarse: a mask the answer spells out itself, an (n, n) bool grid over the image (the
+    `rle_text` codec); decoding upsamples it instead of prompting the mask decoder.
     """
 
     box: Box | None = None
     points: list[Point] = field(default_factory=list)
+    coarse: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_empty(self) -> bool:

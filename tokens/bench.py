@@ -9,6 +9,13 @@ percentile), and how many completions per second the parser reads (clean answers
 The paper reports 8.7 tokens per mask at G = 32 with SAM proposals on natural images; the
 weight-free proposers on synthetic shapes are a different setting, so compare runs of this
 command with each other, not with that figure.
+
+    python -m tokens.bench --codecs grid,text_norm,text_bins,anchor_offset_text,rle_text
+
+adds one row per codec: tokens per box and per mask as the tiny offline BPE tokenizer counts
+them (plus the codec's added tokens; a real model's tokenizer will count differently, compare
+codecs within one run), characters per mask, and the conversion IoU of the mask decoded back
+from the written answer (region decoder from box and points; `rle_text` upsampled).
 """
 
 from __future__ import annotations
@@ -94,6 +101,64 @@ def run(n_masks: int = 300, size: int = 224, grid_size: int = 32, proposer: str 
     }
 
 
+def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int = 32,
+               proposer: str = "slic", tau: float = 0.8, seed: int = 0,
+               codec_params: dict | None = None) -> list[dict]:
+    """Per codec: tokens per box, tokens per mask, characters per mask, decoded IoU, over the
+    same masks (each written from its box and greedy-conversion points, or its mask)."""
+    from rewards.matching import box_iou
+    from rl.data.scenes import draw_scene
+    from rl.models import build_tiny_tokenizer
+    from tokens.codec import get_codec
+    from tokens.decoders import instance_masks
+
+    vocab = SpatialVocab(grid_size)
+    prop, decoder = PROPOSERS[proposer](), RegionDecoder()
+    rng = np.random.default_rng(seed)
+    targets = []  # (image, mask, box, points)
+    while len(targets) < n_masks:
+        image, objects = draw_scene(rng, (size, size), n_objects=int(rng.integers(1, 5)))
+        proposals = prop.propose(image, vocab)
+        for obj in objects[: n_masks - len(targets)]:
+            res = greedy_convert(obj.mask_hw, proposals, vocab, tau=tau)
+            x1, y1, x2, y2 = obj.box_xyxy_px
+            targets.append((image, obj.mask_hw, (x1 / size, y1 / size, x2 / size, y2 / size),
+                            res.points(vocab)))
+    rows = []
+    for name in codec_names:
+        codec = get_codec(name, vocab=vocab, **(codec_params or {}).get(name, {}))
+        tok = build_tiny_tokenizer()
+        tok.add_tokens(codec.new_tokens())
+
+        def count(text, tok=tok):
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+
+        box_tokens, mask_tokens, chars, ious, box_ious = [], [], [], [], []
+        for image, mask, box, points in targets:
+            inst = codec.target_instance(box, points, mask)
+            line = codec.format_instance(inst)
+            if name == "rle_text":  # a box is written as the map of its rectangle
+                rect = np.zeros_like(mask)
+                h, w = mask.shape
+                rect[round(box[1] * h):round(box[3] * h), round(box[0] * w):round(box[2] * w)] = 1
+                box_line = codec.format_instance(codec.target_instance(box, [], rect))
+            else:
+                box_line = codec.format_instance(Instance(box))
+            box_tokens.append(count(box_line))
+            mask_tokens.append(count(line))
+            chars.append(len(line))
+            back = codec.parse_answer(f"<think></think><answer>{line}</answer>").instances
+            decoded = instance_masks(decoder, image, back)[0] if back else np.zeros_like(mask)
+            ious.append((decoded & mask).sum() / max(1, (decoded | mask).sum()))
+            box_ious.append(float(box_iou([back[0].box], [box])[0, 0]) if back else 0.0)
+        rows.append({"codec": name, "tokens_per_box": float(np.mean(box_tokens)),
+                     "tokens_per_mask": float(np.mean(mask_tokens)),
+                     "chars_per_mask": float(np.mean(chars)),
+                     "iou_mean": float(np.mean(ious)), "iou_p10": float(np.percentile(ious, 10)),
+                     "box_iou_mean": float(np.mean(box_ious))})
+    return rows
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m tokens.bench", description=__doc__.split("\n")[0])
     p.add_argument("--masks", type=int, default=300)
@@ -102,6 +167,10 @@ def main(argv=None) -> dict:
     p.add_argument("--proposer", choices=sorted(PROPOSERS), default="slic")
     p.add_argument("--tau", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--codecs", default=None,
+                   help="comma-separated codecs to compare (e.g. grid,text_norm,text_bins,"
+                        "anchor_offset_text,rle_text)")
+    p.add_argument("--codec-masks", type=int, default=100, help="masks for the codec table")
     a = p.parse_args(argv)
     r = run(a.masks, a.size, a.grid_size, a.proposer, a.tau, a.seed)
     print(f"masks: {r['masks']}  grid: {r['grid_size']}  proposer: {r['proposer']}")
@@ -111,6 +180,19 @@ def main(argv=None) -> dict:
           f"reached tau: {100 * r['reached_tau']:.1f}%, fallbacks: {r['fallbacks']}")
     print(f"conversion: {r['convert_ms_per_mask']:.1f} ms per mask (proposals included)")
     print(f"parse throughput: {r['parse_completions_per_s']:.0f} completions/s")
+    if a.codecs:
+        rows = codec_rows(a.codecs.split(","), a.codec_masks, a.size, a.grid_size, a.proposer,
+                          a.tau, a.seed)
+        print(f"\nper codec ({a.codec_masks} masks; tiny BPE tokenizer + each codec's added "
+              "tokens):")
+        print("| codec | tokens / box | tokens / mask | characters / mask | decoded IoU mean | "
+              "p10 | box IoU |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['codec']} | {row['tokens_per_box']:.1f} | "
+                  f"{row['tokens_per_mask']:.1f} | {row['chars_per_mask']:.1f} | "
+                  f"{row['iou_mean']:.3f} | {row['iou_p10']:.3f} | {row['box_iou_mean']:.3f} |")
+        r["codecs"] = rows
     return r
 
 

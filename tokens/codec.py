@@ -29,6 +29,7 @@ class Codec(ABC):
     """Writes instances as answer lines and reads them back."""
 
     name: str = ""
+    uses_vocab: bool = False  # takes the SpatialVocab (`get_codec` passes it)
 
     @abstractmethod
     def new_tokens(self) -> list[str]:
@@ -37,6 +38,12 @@ class Codec(ABC):
     @abstractmethod
     def format_instance(self, instance: Instance) -> str:
         """One answer line for `instance` (normalized coordinates)."""
+
+    def target_instance(self, box, points, mask_hw) -> Instance:
+        """The instance an SFT answer writes for one ground-truth target: its normalized box,
+        the points of the greedy conversion, and its mask (codecs that spell out masks use
+        it)."""
+        return Instance(box, list(points))
 
     @abstractmethod
     def parse_line(self, line: str, errors: Errors) -> tuple[Instance | None, bool]:
@@ -84,9 +91,15 @@ class GridCodec(Codec):
     """
 
     name = "grid"
+    uses_vocab = True
 
     def __init__(self, vocab: SpatialVocab = DEFAULT_VOCAB):
         self.vocab = vocab
+
+    @property
+    def bound(self) -> float:
+        """Quantization bound per coordinate, normalized: half a cell."""
+        return 0.5 / self.vocab.grid_size
 
     def new_tokens(self) -> list[str]:
         return self.vocab.all_tokens()
@@ -177,13 +190,22 @@ class GridCodec(Codec):
         return (None if inst.is_empty else inst), ok
 
 
+# The registry; `tokens.text_codecs` adds the text representations of related work.
 CODECS: dict[str, type[Codec]] = {"grid": GridCodec}
 
 
-def get_codec(name: str = "grid", **kwargs) -> Codec:
-    """Build a registered codec by its config name."""
+def get_codec(name: str = "grid", vocab: SpatialVocab | None = None, **params) -> Codec:
+    """Build a registered codec by its config name. `vocab` goes to the codecs that use the
+    spatial vocabulary (grid); `params` are the codec's own (e.g. `decimals`, `bins`)."""
+    import tokens.text_codecs  # noqa: F401  (registers the text codecs)
+
     try:
         cls = CODECS[name]
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; known: {sorted(CODECS)}") from None
-    return cls(**kwargs)
+    if cls.uses_vocab:
+        params = {"vocab": vocab or DEFAULT_VOCAB, **params}
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"codec {name!r}: bad parameters {sorted(params)} ({e})") from None

@@ -80,6 +80,28 @@ def resize_mask(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask_hw[rows][:, cols]
 
 
+def instance_masks(decoder, image, instances, frame: tuple[int, int] | None = None,
+                   max_points: int = 64) -> list[np.ndarray]:
+    """One mask per parsed instance, in the (W, H) `frame` (default: the image's). An instance
+    that spells out its own coarse mask (`Instance.coarse`) is upsampled; the others are
+    decoded from their box and points (at most `max_points` distinct points), in one call."""
+    img = as_image_array(image)
+    h, w = img.shape[:2]
+    fw, fh = frame or (w, h)
+    out: list = [None] * len(instances)
+    prompts, owners = [], []
+    for k, inst in enumerate(instances):
+        if inst.coarse is not None:
+            out[k] = resize_mask(np.asarray(inst.coarse, dtype=bool), fh, fw)
+        else:
+            prompts.append(Prompt.from_instance(inst, w, h, max_points))
+            owners.append(k)
+    if prompts:
+        for k, m in zip(owners, decoder.decode(img, prompts), strict=True):
+            out[k] = resize_mask(m.astype(bool), fh, fw)
+    return out
+
+
 def points_in_mask(mask_hw: np.ndarray, points_norm: np.ndarray) -> np.ndarray:
     """Vectorized `point_in_mask` for (N, 2) normalized points; returns (N,) bool."""
     pts = np.asarray(points_norm, dtype=np.float64).reshape(-1, 2)
