@@ -12,7 +12,9 @@ section pointing at another dataset), so the same ablation runs on any task.
 Stages are shared where they are the same: when an earlier variant already trained a stage from
 an identical recipe prefix (everything up to and including that stage; output folders aside),
 its checkpoint and metrics are copied (hard links) and the pipeline resumes after it. The reward
-ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1.
+ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1. Stages
+finished by an earlier invocation count too: the variant folders already in `--out`, and in
+each `--reuse` folder, are scanned first.
 
 Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json`, and
 `rewards_<stage>.png` with each variant's mean total reward over steps.
@@ -54,8 +56,8 @@ def _flatten(d, prefix=""):
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))  # an empty mapping adds no key
         else:
             out[key] = v
     return out
@@ -100,6 +102,21 @@ def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({"evaluation": keep}, indent=2))
     return reused
+
+
+def scan_finished(folder: Path) -> dict[str, Path]:
+    """Stage keys of the stages finished in the variant folders of an earlier invocation."""
+    done: dict[str, Path] = {}
+    for recipe in sorted(Path(folder).glob("*/recipe.yaml")):
+        try:
+            cfg = load_config(recipe)
+        except ValueError:
+            continue  # a recipe of an older schema: not comparable, not reused
+        for stage in STAGES:
+            if (recipe.parent / stage / "stage.json").is_file() and \
+                    (recipe.parent / "metrics.json").is_file():
+                done.setdefault(stage_key(cfg, stage), recipe.parent)
+    return done
 
 
 def final_stage(metrics: dict) -> str | None:
@@ -216,8 +233,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("variants", nargs="+", help="variant recipes (YAML)")
     p.add_argument("--full", default=None,
                    help="the full model's recipe (default: the first variant's base)")
+    p.add_argument("--full-name", default="full", help="the full model's row and folder name")
     p.add_argument("--task", default=None, help="YAML merged over every recipe (another task)")
     p.add_argument("--out", default="runs/ablations", help="output folder")
+    p.add_argument("--reuse", nargs="*", default=[],
+                   help="output folders of earlier invocations whose finished stages may be reused")
     p.add_argument("--launcher", default=None,
                    help='run each variant as a subprocess, e.g. "accelerate launch"')
     p.add_argument("--dry-run", action="store_true",
@@ -233,7 +253,7 @@ def main(argv=None) -> list[dict]:
             raise SystemExit(f"{first}: has no `base:`; name the full model with --full")
         full_path = str(first.parent / base)
     out = Path(a.out)
-    named = [("full", full_path)] + [(Path(v).stem, v) for v in a.variants]
+    named = [(a.full_name, full_path)] + [(Path(v).stem, v) for v in a.variants]
     if len({n for n, _ in named}) != len(named):
         raise SystemExit(f"variant names (file stems) must be distinct: {[n for n, _ in named]}")
     cfgs = [(name, path, load_config(path, {**task, "output_dir": str(out / name)}))
@@ -245,6 +265,8 @@ def main(argv=None) -> list[dict]:
         return []
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
+    for folder in [out, *a.reuse]:
+        done.update({k: v for k, v in scan_finished(Path(folder)).items() if k not in done})
     results = []
     for name, path, cfg in cfgs:
         reused = reuse_stages(cfg, done)

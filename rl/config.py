@@ -1,7 +1,8 @@
 """Run configuration: one YAML file per recipe, read into dataclasses. Unknown keys fail.
 
 A recipe may start with `base: other.yaml` (relative to itself) and then hold only what differs
-from its base: mappings merge key by key, anything else replaces. Ablation files use this.
+from its base: mappings merge key by key (unless they say `replace: true`), anything else
+replaces. Ablation files use this.
 
     base: ../default.yaml
     grpo_stage1:
@@ -131,6 +132,11 @@ class EvalConfig:
 class RunConfig:
     output_dir: str = "runs/default"
     seed: int = 0
+    # How answers write geometry (tokens.codec.CODECS): grid tokens, or a text representation
+    # of related work for ablations (text_norm, text_bins, anchor_offset_text, rle_text).
+    # Refinement (stage 2) is specific to grid/offset tokens.
+    codec: str = "grid"
+    codec_params: dict = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
@@ -145,9 +151,16 @@ class RunConfig:
 
 
 def _merge(base: dict, override: dict) -> dict:
+    """`override` over `base`, mapping by mapping; a mapping with `replace: true` (the key is
+    dropped) replaces its base mapping instead, e.g. another decoder's whole spec."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and v.get("replace") is True:
+            out[k] = {key: val for key, val in v.items() if key != "replace"}
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
     return out
 
 
@@ -203,8 +216,40 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     data = load_yaml_chain(path) if path is not None else {}
     if overrides:
         data = _merge(data, overrides)
-    return _build(RunConfig, data, str(path or "config"))
+    cfg = _build(RunConfig, data, str(path or "config"))
+    check(cfg, str(path or "config"))
+    return cfg
+
+
+def check(cfg: RunConfig, where: str) -> None:
+    """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
+    wherever offset refinement is asked for."""
+    from tokens.codec import get_codec
+
+    try:
+        get_codec(cfg.codec, **cfg.codec_params)
+    except ValueError as e:
+        raise ConfigError(f"{where}.codec: {e}") from None
+    if cfg.codec != "grid":
+        asks = [k for k, on in (("sft.refinement", cfg.sft.enabled and cfg.sft.refinement),
+                                ("grpo_stage2.enabled", cfg.grpo_stage2.enabled),
+                                ("eval.rounds", cfg.eval.rounds > 0)) if on]
+        if asks:
+            raise ConfigError(f"{where}: codec {cfg.codec!r} has no offset refinement (stage 2 is "
+                              f"specific to grid tokens); turn off {', '.join(asks)}")
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def checkpoint_settings(model_dir: str | Path) -> dict:
+    """What a checkpoint saved by the pipeline was trained with: `prompts` (the template file)
+    and `codec` ({"name": ..., **params}) from the run's `config.json` (the checkpoint's parent
+    folder); defaults (grid tokens, the default templates) for any other checkpoint."""
+    import json
+
+    path = Path(model_dir).parent / "config.json"
+    run = json.loads(path.read_text()) if path.is_file() else {}
+    return {"prompts": run.get("data", {}).get("prompts"),
+            "codec": {"name": run.get("codec", "grid"), **run.get("codec_params", {})}}

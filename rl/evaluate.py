@@ -27,8 +27,9 @@ import numpy as np
 from rewards.solution import parse_solution
 from rl.data.samples import assistant_turn, user_turn
 from rl.metrics import SampleScore, score_sample, summarize
-from tokens import Instance, SpatialVocab, apply_refinement, parse_answer
-from tokens.decoders import MaskDecoder, Prompt, as_image_array, resize_mask
+from tokens import Instance, SpatialVocab, apply_refinement
+from tokens.codec import GridCodec
+from tokens.decoders import MaskDecoder, as_image_array, instance_masks
 
 
 @dataclass
@@ -107,12 +108,17 @@ def _pil(image):
 
 def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: SpatialVocab,
             refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-            batch_size: int = 32, generator=None) -> list[Prediction]:
+            batch_size: int = 32, generator=None, codec=None) -> list[Prediction]:
     """Propose, then refine `rounds` times: each round the conversation gains the last answer
     and the refinement request, and the offsets move the current points.
 
     generator: a callable (conversations, images, max_new_tokens) -> texts, e.g.
-    `VLLMGenerator`; None generates with `model` (transformers, batched)."""
+    `VLLMGenerator`; None generates with `model` (transformers, batched). codec: how the
+    proposals are written (None: grid tokens of `vocab`); refinement needs grid tokens."""
+    codec = codec or GridCodec(vocab)
+    if rounds and codec.name != "grid":
+        raise ValueError(f"refinement rounds need grid/offset tokens, not codec {codec.name!r}")
+
     def gen(convs, imgs):
         if generator is not None:
             return generator(convs, imgs, max_new_tokens)
@@ -121,7 +127,7 @@ def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: 
     first = gen(list(prompts), list(images))
     preds = []
     for text in first:
-        ans = parse_answer(text, vocab)
+        ans = codec.parse_answer(text)
         preds.append(Prediction(text, [], ans.instances, ans.well_formed))
     convs = [list(p) + [assistant_turn(t)] for p, t in zip(prompts, first, strict=True)]
     for _ in range(rounds):
@@ -140,15 +146,13 @@ def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: 
 
 def masks_for(decoder: MaskDecoder, image, instances: Sequence[Instance],
               frame: tuple[int, int]) -> np.ndarray:
-    """Union of the decoded instance masks, in the (W, H) `frame` of the ground truth."""
-    img = as_image_array(image)
-    h, w = img.shape[:2]
+    """Union of the instance masks, in the (W, H) `frame` of the ground truth: decoded from the
+    same prompts the mask rewards use (at most 64 distinct points), or upsampled from a coarse
+    mask the answer spelled out."""
     fw, fh = frame
     union = np.zeros((fh, fw), dtype=bool)
-    # The same prompts the mask rewards give the decoder (at most 64 distinct points).
-    prompts = [Prompt.from_instance(i, w, h, max_points=64) for i in instances]
-    for m in decoder.decode(img, prompts):
-        union |= resize_mask(m, fh, fw)
+    for m in instance_masks(decoder, image, instances, frame, max_points=64):
+        union |= m
     return union
 
 
@@ -172,14 +176,14 @@ def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
 
 def predict_and_score(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
                       refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-                      batch_size: int = 32, generator=None
+                      batch_size: int = 32, generator=None, codec=None
                       ) -> tuple[list[Prediction], list[SampleScore]]:
     """Predictions and per-sample scores on GRPO-style rows (`prompt`, `image`, `solution`,
     and optionally `kind`, `instance`)."""
     prompts = [r["prompt"] for r in rows]
     images = [r["image"] for r in rows]
     preds = predict(model, processor, prompts, images, vocab, refine_prompt, rounds,
-                    max_new_tokens, batch_size, generator)
+                    max_new_tokens, batch_size, generator, codec)
     scores = score(preds, images, [r["solution"] for r in rows], decoder,
                    [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows])
     return preds, scores
@@ -187,10 +191,11 @@ def predict_and_score(model, processor, rows, decoder: MaskDecoder, vocab: Spati
 
 def evaluate_rows(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
                   refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-                  batch_size: int = 32, generator=None) -> tuple[dict, list[Prediction]]:
+                  batch_size: int = 32, generator=None, codec=None
+                  ) -> tuple[dict, list[Prediction]]:
     """Per-expression metrics of a model on GRPO-style rows, and its predictions."""
     preds, scores = predict_and_score(model, processor, rows, decoder, vocab, refine_prompt,
-                                      rounds, max_new_tokens, batch_size, generator)
+                                      rounds, max_new_tokens, batch_size, generator, codec)
     out = summarize(scores)
     out["answer_tokens_per_instance"] = answer_tokens_per_instance(processor, preds)
     return out, preds
@@ -230,8 +235,11 @@ def main(argv=None) -> dict:
     p.add_argument("--decoder", default="region",
                    help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
                         '"checkpoint": "sam_vit_h.pth"}')
-    p.add_argument("--prompts", default=None, help="prompt templates (default configs/prompts"
-                                                   ".yaml; the recipe's for a tiny model)")
+    p.add_argument("--prompts", default=None,
+                   help="prompt templates (default: the run's, else configs/prompts.yaml)")
+    p.add_argument("--codec", default=None,
+                   help='answer codec, a name or JSON like {"name": "text_bins", "bins": 1000} '
+                        "(default: the run's, else grid)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="at most this many rows per folder")
@@ -244,14 +252,20 @@ def main(argv=None) -> dict:
     from datasets import load_from_disk
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from rl.config import checkpoint_settings
     from rl.data.__main__ import _decoder
     from rl.data.samples import load_prompts
     from rl.metrics import markdown_table, report
+    from tokens.codec import get_codec
 
     torch.manual_seed(a.seed)
     processor = AutoProcessor.from_pretrained(a.model)
     vocab = SpatialVocab.load(a.model)
-    prompts = load_prompts(a.prompts)
+    settings = checkpoint_settings(a.model)
+    prompts = load_prompts(a.prompts or settings["prompts"])
+    spec = (json.loads(a.codec) if a.codec.strip().startswith("{") else {"name": a.codec}) \
+        if a.codec else settings["codec"]
+    codec = get_codec(vocab=vocab, **spec)
     generator = VLLMGenerator(a.model, processor) if a.vllm else None
     model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(a.model).eval()
     rows, names = [], []
@@ -265,10 +279,10 @@ def main(argv=None) -> dict:
         names += [dataset_name(r, folder) for r in part]
     preds, scores = predict_and_score(model, processor, rows, _decoder(a.decoder), vocab,
                                       prompts["stage2"], a.rounds, a.max_new_tokens,
-                                      a.batch_size, generator)
+                                      a.batch_size, generator, codec)
     results = report(scores, names)
     results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
-                    "results": results}
+                    "codec": spec, "results": results}
     table = markdown_table(results, a.model)
     print(table)
     if a.out:

@@ -16,9 +16,10 @@ _DECODING = ("mask", "mask_gain")
 
 
 def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
-                       stage_name: str) -> tuple[list, list[float]]:
+                       stage_name: str, codec=None) -> tuple[list, list[float]]:
     """Reward functions and weights of a stage, from `stage.rewards` ({name: weight}) and
-    `stage.reward_params` ({name: {param: value}}, `all` for every reward)."""
+    `stage.reward_params` ({name: {param: value}}, `all` for every reward). `codec` (a
+    tokens.Codec) reads the answers unless the params name another."""
     allowed = STAGE1_REWARDS if stage_name == "grpo_stage1" else STAGE2_REWARDS
     if not stage.rewards:
         raise ValueError(f"{stage_name}.rewards: name at least one reward of {allowed}")
@@ -46,6 +47,8 @@ def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
                       **stage.reward_params.get(name, {})}
             if name in _DECODING:
                 params.setdefault("decoder", decoder)
+            if codec is not None:
+                params.setdefault("codec", codec)
         funcs.append(build_reward(name, **params))
         weights.append(float(weight))
     return funcs, weights
@@ -53,12 +56,13 @@ def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
 
 def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: SpatialVocab,
              train_dataset, decoder, out_dir: Path, seed: int = 0, logging_steps: int = 10,
-             progress: bool = True, max_steps: int | None = None, save: bool = True):
+             progress: bool = True, max_steps: int | None = None, save: bool = True,
+             codec=None):
     """Train `model` with GRPO on `train_dataset` (image, prompt, solution[, stage1]).
     Returns (the trained model, TRL's log history)."""
     from trl import GRPOConfig, GRPOTrainer
 
-    funcs, weights = build_reward_funcs(stage, vocab, decoder, stage_name)
+    funcs, weights = build_reward_funcs(stage, vocab, decoder, stage_name, codec)
     args = GRPOConfig(
         output_dir=str(out_dir / "trainer"), max_steps=max_steps or stage.max_steps,
         per_device_train_batch_size=stage.batch_size,

@@ -83,26 +83,18 @@ class InferenceResult:
                 "moved_per_round": [len(m) for m in self.moves]}
 
 
-def prompts_for(model_dir: str | Path, prompts: str | None = None) -> dict:
-    """The prompt templates a checkpoint was trained with: `prompts` when given, else the
-    `data.prompts` of the run's `config.json` (the checkpoint's parent folder), else the
-    default templates."""
-    from rl.data.samples import load_prompts
-
-    if prompts is None:
-        cfg = Path(model_dir).parent / "config.json"
-        if cfg.is_file():
-            prompts = json.loads(cfg.read_text()).get("data", {}).get("prompts")
-    return load_prompts(prompts)
-
-
 class Grounder:
     """A trained checkpoint plus a mask decoder, answering (image, query) pairs."""
 
     def __init__(self, model_dir: str | Path, decoder="region", prompts: str | None = None,
-                 max_new_tokens: int = 64, device: str | None = None):
+                 max_new_tokens: int = 64, device: str | None = None, codec=None):
+        """prompts, codec (a name or {"name": ..., **params}): default to what the checkpoint's
+        run was trained with (`rl.config.checkpoint_settings`)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from rl.config import checkpoint_settings
+        from rl.data.samples import load_prompts
+        from tokens.codec import get_codec
         from tokens.decoders import build_decoder
 
         self.model_dir = Path(model_dir)
@@ -111,7 +103,11 @@ class Grounder:
             self.model.to(device)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.vocab = SpatialVocab.load(self.model_dir)
-        self.prompts = prompts_for(self.model_dir, prompts)
+        settings = checkpoint_settings(self.model_dir)
+        self.prompts = load_prompts(prompts or settings["prompts"])
+        spec = codec or settings["codec"]
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        self.codec = get_codec(vocab=self.vocab, **spec)
         self.decoder = build_decoder(decoder) if isinstance(decoder, str | dict) else decoder
         self.max_new_tokens = max_new_tokens
 
@@ -127,29 +123,29 @@ class Grounder:
         from rl.evaluate import predict
 
         question = self.prompts["stage1"].format(expression=query)
+        if self.codec.name != "grid":
+            rounds = 0  # refinement is written in offset tokens only
         pred = predict(self.model, self.processor, [[user_turn(question, image=True)]],
                        [_load_image(image)], self.vocab, self.prompts["stage2"], rounds,
-                       self.max_new_tokens, 1)[0]
+                       self.max_new_tokens, 1, codec=self.codec)[0]
         return [pred.stage1, *pred.refinements]
 
     def result(self, image, query: str, answers: list[str]) -> InferenceResult:
         """Read the answers (a proposal, then refinements): final instances, what each round
         moved and deleted, and one decoded mask per final instance."""
         from rl.visualize import refinement_marks
-        from tokens import apply_refinement, parse_answer
-        from tokens.decoders import Prompt, as_image_array
+        from tokens import apply_refinement
+        from tokens.decoders import as_image_array, instance_masks
 
         arr = as_image_array(_load_image(image))
-        proposed = parse_answer(answers[0], self.vocab).instances
+        proposed = self.codec.parse_answer(answers[0]).instances
         instances, moves, deleted = proposed, [], []
         for text in answers[1:]:
             m, d = refinement_marks(instances, text, self.vocab)
             moves.append(m)
             deleted.append(d)
             instances = apply_refinement(instances, text, self.vocab)
-        h, w = arr.shape[:2]
-        prompts = [Prompt.from_instance(i, w, h, max_points=64) for i in instances]
-        masks = [m.astype(bool) for m in self.decoder.decode(arr, prompts)] if prompts else []
+        masks = instance_masks(self.decoder, arr, instances, max_points=64)
         return InferenceResult(arr, query, list(answers),
                                [SPATIAL_TOKEN_RE.findall(a) for a in answers], instances, masks,
                                moves, deleted, proposed)
@@ -190,12 +186,16 @@ def main(argv=None) -> InferenceResult:
                    help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
                         '"checkpoint": "sam_vit_h.pth"}')
     p.add_argument("--prompts", default=None, help="prompt templates (default: the run's)")
+    p.add_argument("--codec", default=None,
+                   help='answer codec, a name or JSON like {"name": "text_bins", "bins": 1000} '
+                        "(default: the run's)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--out", default="prediction.png", help="the picture to write")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     decoder = json.loads(a.decoder) if a.decoder.strip().startswith("{") else a.decoder
-    g = Grounder(a.model, decoder, a.prompts, a.max_new_tokens)
+    codec = json.loads(a.codec) if a.codec and a.codec.strip().startswith("{") else a.codec
+    g = Grounder(a.model, decoder, a.prompts, a.max_new_tokens, codec=codec)
     result = g(a.image, a.query, a.rounds)
     g.draw(result, a.out)
     info = result.to_json()

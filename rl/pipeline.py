@@ -77,8 +77,11 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        from tokens.codec import get_codec
+
         self.vocab = SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
                                   cfg.model.offset_step_cells)
+        self.codec = get_codec(cfg.codec, vocab=self.vocab, **cfg.codec_params)
         self.prompts = load_prompts(cfg.data.prompts)
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
 
@@ -95,7 +98,7 @@ class Pipeline:
         model.eval()
         m, preds = evaluate_rows(model, processor, self.eval_rows, self.decoder(), self.vocab,
                                  self.prompts["stage2"], rounds, self.cfg.eval.max_new_tokens,
-                                 self.cfg.eval.batch_size)
+                                 self.cfg.eval.batch_size, codec=self.codec)
         m["refinement_rounds"] = rounds
         self.metrics["evaluation"][name] = m
         self.last_predictions = preds
@@ -161,7 +164,7 @@ class Pipeline:
         log(f"model with the spatial vocabulary: {init_dir}")
         train = _records(cfg, "train")
         held_out = _records(cfg, "eval")
-        build = BuildConfig(vocab=self.vocab, min_iou=cfg.data.min_iou,
+        build = BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
                             refinement=cfg.sft.refinement,
                             n_points=cfg.sft.refinement_points, seed=cfg.seed)
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
@@ -212,7 +215,7 @@ class Pipeline:
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
                 model, hist = run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
                                        cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
-                                       cfg.logging_steps, cfg.progress_bars)
+                                       cfg.logging_steps, cfg.progress_bars, codec=self.codec)
                 self.reward_summary("grpo_stage1", hist)
                 plot_rewards(hist, self.out / "plots", "grpo_stage1")
                 if cfg.eval.enabled:
@@ -280,9 +283,7 @@ class Pipeline:
         return history
 
     def _instances(self, text):
-        from tokens import parse_answer
-
-        return parse_answer(text, self.vocab).instances
+        return self.codec.parse_answer(text).instances
 
     def _done_evals(self) -> set:
         path = self.out / "metrics.json"

@@ -84,3 +84,41 @@ def test_base_chain_merges(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\nsft: {max_steps: 7}\n")
     cfg = load_config(tmp_path / "b.yaml")
     assert cfg.seed == 3 and cfg.sft.max_steps == 7 and cfg.sft.learning_rate == 0.1
+
+
+def test_codec_is_checked_and_text_codecs_refuse_refinement(tmp_path):
+    from rl.config import ConfigError
+
+    cfg = load_config(ROOT / "configs" / "codecs" / "sft" / "rle_text.yaml")
+    assert cfg.codec == "rle_text" and cfg.codec_params == {"size": 8}
+    with pytest.raises(ConfigError, match="codec: unknown codec 'polygon'"):
+        load_config(None, {"codec": "polygon"})
+    with pytest.raises(ConfigError, match="bad parameters"):
+        load_config(None, {"codec": "text_norm", "codec_params": {"bins": 3}})
+    with pytest.raises(ConfigError, match="turn off sft.refinement, grpo_stage2.enabled, "
+                                          "eval.rounds"):
+        load_config(ROOT / "configs" / "default.yaml", {"codec": "text_bins"})
+
+
+def test_codec_recipes_differ_from_their_grid_row_only_in_the_codec():
+    from rl.ablate import differences
+
+    grid = load_config(ROOT / "configs" / "codecs" / "grid.yaml")
+    grid_sft = load_config(ROOT / "configs" / "codecs" / "grid_sft.yaml")
+    for name in ("text_norm", "text_bins"):
+        cfg = load_config(ROOT / "configs" / "codecs" / "grpo" / f"{name}.yaml")
+        assert differences(cfg, grid) == [f"codec={name}"]
+    for path in sorted((ROOT / "configs" / "codecs" / "sft").glob("*.yaml")):
+        diff = differences(load_config(path), grid_sft)
+        assert diff[0] == f"codec={path.stem}"
+        assert all(d.startswith(("codec", "eval.max_new_tokens", "grpo_stage1.max_completion"))
+                   for d in diff)
+
+
+def test_a_mapping_can_replace_its_base_and_the_sjtu_baselines_load():
+    cfg = load_config(ROOT / "configs" / "baselines" / "sjtu_qwen2_5_vl_7b.yaml")
+    assert cfg.data.decoder == {"name": "sam2", "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
+                                "checkpoint": "checkpoints/sam2.1_hiera_large.pt"}
+    assert cfg.codec_params == {"decimals": 3, "box_only": True}
+    small = load_config(ROOT / "configs" / "baselines" / "sjtu_default_task.yaml")
+    assert small.codec == "text_norm" and small.grpo_stage1.rewards["points"] == 0.0

@@ -110,3 +110,25 @@ def test_other_grid_sizes():
     _, rows, _ = sft_rows(n=2, vocab=SpatialVocab(grid_size=16))
     answer = text_of(rows[0]["completion"][0])
     assert parse_answer(answer, SpatialVocab(16)).well_formed
+
+
+@pytest.mark.parametrize("name, params", [("text_norm", {}), ("text_bins", {"bins": 1000}),
+                                          ("anchor_offset_text", {}), ("rle_text", {"size": 8})])
+def test_other_codecs_write_the_stage1_answers(name, params):
+    from tokens import get_codec
+
+    codec = get_codec(name, **params)
+    recs, rows, _ = sft_rows(8, codec=codec, refinement=False)
+    assert [r["id"] for r in rows] == [r.id for r in recs]
+    box = build_reward("box", codec=codec)
+    for row in rows:
+        text = text_of(row["completion"][0])
+        ans = codec.parse_answer(text)
+        assert ans.well_formed, (text, ans.errors)
+        assert "<grid_" not in text and "<seg>" not in text
+        n_gt = len(parse_solution(row["solution"]))
+        assert len(ans.instances) == n_gt
+        if n_gt and name != "rle_text":  # the same boxes as the grid answers, finer written
+            assert box([text], solution=[row["solution"]])[0] >= 0.9
+    with pytest.raises(ValueError, match="refinement data is written in offset tokens"):
+        sft_rows(2, codec=codec)

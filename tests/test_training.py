@@ -41,8 +41,8 @@ def run(tmp_path_factory):
     seen: dict[str, set] = {}
     original = rl.grpo.build_reward_funcs
 
-    def with_spy(stage, vocab, decoder, stage_name):
-        funcs, w = original(stage, vocab, decoder, stage_name)
+    def with_spy(stage, vocab, decoder, stage_name, codec=None):
+        funcs, w = original(stage, vocab, decoder, stage_name, codec)
 
         def spy(completions, **kwargs):
             seen.setdefault(stage_name, set()).update(kwargs)

@@ -2,7 +2,9 @@
 
 - SFT, stage 1: the prompt asks for the expression; the answer has each target's box (its
   ground-truth corners' cells) and `<seg>` points from the greedy conversion over the decoder's
-  proposals (spec §4), so the tokens reproduce the mask as well as the decoder allows.
+  proposals (spec §4), so the tokens reproduce the mask as well as the decoder allows. Another
+  codec (`BuildConfig.codec`) writes the same box and points in its own form (`rle_text`
+  writes the mask itself).
 - SFT, refinement: a dialogue with a simulated stage-1 answer (sampled Inside/Ring/Delete points,
   jittered box corners) and the offset answer that corrects it (spec §5).
 - GRPO stage 1: the prompt, the image and the `solution`.
@@ -26,7 +28,8 @@ import yaml
 
 from rewards.solution import parse_solution
 from rl.data.common import Record, Skips
-from tokens import Instance, SpatialVocab, serialize_answer, serialize_refinement
+from tokens import SpatialVocab, serialize_answer, serialize_refinement
+from tokens.codec import Codec, GridCodec
 from tokens.decoders import MaskProposer, as_image_array, image_key, resize_mask
 from tokens.greedy import greedy_convert
 from tokens.offsets import DEFAULT_QUOTAS, refinement_example
@@ -73,10 +76,12 @@ class BuildConfig:
 
     image_size: resize images to this square size (None: keep). tau, max_tokens: greedy
     conversion (§4). min_iou: drop samples whose tokens reproduce a mask worse than this (None:
-    keep all). n_points, quotas, jitter_cells: refinement data (§5).
+    keep all). n_points, quotas, jitter_cells: refinement data (§5). codec: how stage-1 answers
+    write the geometry (None: grid tokens of `vocab`); refinement data is grid-only.
     """
 
     vocab: SpatialVocab = field(default_factory=SpatialVocab)
+    codec: Codec | None = None
     image_size: int | None = None
     tau: float = 0.8
     max_tokens: int = 32
@@ -86,6 +91,13 @@ class BuildConfig:
     jitter_cells: float = 1.0
     refinement: bool = True
     seed: int = 0
+
+    def answer_codec(self) -> Codec:
+        codec = self.codec or GridCodec(self.vocab)
+        if self.refinement and codec.name != "grid":
+            raise ValueError(f"refinement data is written in offset tokens; codec {codec.name!r} "
+                             "has none (set refinement off)")
+        return codec
 
 
 def resize_image(image: np.ndarray, size: int | None) -> np.ndarray:
@@ -136,6 +148,7 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
     skips = skips if skips is not None else Skips()
     stats = stats if stats is not None else BuildStats()
     v = cfg.vocab
+    codec = cfg.answer_codec()
     proposals_cache: dict[str, object] = {}
     for n, rec in enumerate(records):
         rng = np.random.default_rng([cfg.seed, n])
@@ -156,11 +169,12 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
             continue
         stats.tokens_per_mask += [len(r.cells) for r in results]
         stats.conversion_iou += ious
-        instances = [Instance(tuple(float(c) for c in gt.boxes_norm[k]), r.points(v))
+        instances = [codec.target_instance(tuple(float(c) for c in gt.boxes_norm[k]),
+                                           r.points(v), masks[k])
                      for k, r in enumerate(results)]
         question = prompts["stage1"].format(expression=rec.expression)
         think = prompts["think"].format(expression=rec.expression)
-        stage1_text = serialize_answer(instances, think=think, vocab=v)
+        stage1_text = codec.serialize_answer(instances, think=think)
         row = base_columns(rec, image)
         yield {**row, "task": "stage1", "prompt": [user_turn(question, image=True)],
                "completion": [assistant_turn(stage1_text)], "stage1": "",
