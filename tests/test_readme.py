@@ -23,3 +23,13 @@ def test_readme_default_command_runs_the_training_pipeline():
     assert cmd == "pip install -e . && accelerate launch rl/train_grpo.py"
     assert (ROOT / "rl" / "train_grpo.py").is_file()
     assert (ROOT / "configs" / "default.yaml").is_file()
+
+
+def test_every_picture_and_recipe_the_readme_names_exists():
+    text = (ROOT / "README.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "docs/infer_example.png" in pictures
+    for pic in pictures:
+        assert (ROOT / pic).is_file(), pic
+    for recipe in set(re.findall(r"configs/[\w/]+\.yaml", text)):
+        assert (ROOT / recipe).is_file(), recipe
