@@ -105,9 +105,10 @@ def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
 
 
 def scan_finished(folder: Path) -> dict[str, Path]:
-    """Stage keys of the stages finished in the variant folders of an earlier invocation."""
+    """Stage keys of the stages finished in the run folders under `folder` (variant folders of
+    an earlier invocation, or any `rl/train_grpo.py` output: its `config.json` is the recipe)."""
     done: dict[str, Path] = {}
-    for recipe in sorted(Path(folder).glob("*/recipe.yaml")):
+    for recipe in sorted(Path(folder).glob("*/config.json")):
         try:
             cfg = load_config(recipe)
         except ValueError:

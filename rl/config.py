@@ -13,6 +13,7 @@ replaces. Ablation files use this.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -168,7 +169,11 @@ def load_yaml_chain(path: str | Path) -> dict:
     """The recipe's mapping with its `base:` chain merged in."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        # A run's config.json is a recipe too (JSON numbers like 5e-05 are not YAML floats).
+        data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl.ablate import differences, main, stage_key
+from rl.ablate import STAGES, differences, main, stage_key
 from rl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,14 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path):
     assert len(table) == 2 + 3 and table[2].startswith("| full | (full model) |")
     assert (out / "rewards_grpo_stage1.png").is_file()
     assert yaml.safe_load((out / "full" / "recipe.yaml").read_text())["data"]["n_train"] == 48
+    # A later invocation (another output folder) reuses every finished stage: nothing retrains.
+    again = main([str(ABL / "stage1_no_box.yaml"), str(ABL / "stage2_no_mask_gain.yaml"),
+                  "--task", str(task), "--out", str(tmp_path / "again"), "--reuse", str(out)])
+    assert [r["reused"] for r in again] == [list(STAGES)] * 3
+    def numbers(table):
+        return [{k: v for k, v in r.items() if k != "reused"} for r in table]
+
+    assert numbers(json.loads((tmp_path / "again" / "table.json").read_text())) == numbers(rows)
 
 
 def test_a_variant_without_base_needs_full(tmp_path):
