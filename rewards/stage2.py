@@ -45,13 +45,20 @@ class _Stage2Reward(Reward):
 
 class RefineFormatReward(_Stage2Reward):
     """1 when there is exactly one well-formed `<offset>` line per stage-1 instance; else the
-    fraction of well-formed lines over max(lines, instances). With no stage-1 instance an
-    empty `<answer></answer>` scores 1. No `<answer>` at all scores 0, and anything outside
+    line credits summed over max(lines, instances): 1 per well-formed line, and, with
+    `partial` (the default), half the share of checks a malformed line passes (wrapper,
+    nesting, box part, seg part; see `OffsetLine.conformity`), so a policy whose every line is
+    malformed still sees which samples come closer. With no stage-1 instance an empty
+    `<answer></answer>` scores 1. No `<answer>` at all scores 0, and anything outside
     `[<think>…</think>]<answer>…</answer>` halves the score. Range [0, 1].
     Logs `refine_format/complete` (share of completions with every line right).
     """
 
     name = "refine_format"
+
+    def __init__(self, *args, partial: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.partial = bool(partial)
 
     def score(self, ref: ParsedRefinement) -> float:
         if not ref.has_answer:
@@ -59,7 +66,9 @@ class RefineFormatReward(_Stage2Reward):
         if ref.complete:
             frac = 1.0
         else:
-            frac = ref.num_well_formed / max(len(ref.lines), ref.num_instances)
+            credit = sum(1.0 if line.well_formed else 0.5 * line.conformity * self.partial
+                         for line in ref.lines[: ref.num_instances])
+            frac = credit / max(len(ref.lines), ref.num_instances)
         return frac if ref.structure_ok else 0.5 * frac
 
     def __call__(self, completions, **kwargs) -> list[float]:

@@ -57,10 +57,20 @@ def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
 def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: SpatialVocab,
              train_dataset, decoder, out_dir: Path, seed: int = 0, logging_steps: int = 10,
              progress: bool = True, max_steps: int | None = None, save: bool = True,
-             codec=None):
+             codec=None, reference: str | Path | None = None):
     """Train `model` with GRPO on `train_dataset` (image, prompt, solution[, stage1]).
-    Returns (the trained model, TRL's log history)."""
+    Returns (the trained model, TRL's log history).
+
+    reference: the saved checkpoint of the policy this stage starts from, the KL reference.
+    TRL builds its reference model from `model.config._name_or_path`, which for a model trained
+    earlier in this process still names the folder it was first loaded from (the untrained
+    init, for a policy fresh from the cold start); it is pointed at `reference` here."""
     from trl import GRPOConfig, GRPOTrainer
+
+    if reference is not None:
+        if not (Path(reference) / "config.json").is_file():
+            raise ValueError(f"{stage_name}: KL reference {reference} is not a saved checkpoint")
+        model.config._name_or_path = str(reference)
 
     funcs, weights = build_reward_funcs(stage, vocab, decoder, stage_name, codec)
     args = GRPOConfig(

@@ -215,7 +215,8 @@ class Pipeline:
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
                 model, hist = run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
                                        cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
-                                       cfg.logging_steps, cfg.progress_bars, codec=self.codec)
+                                       cfg.logging_steps, cfg.progress_bars, codec=self.codec,
+                                       reference=current)
                 self.reward_summary("grpo_stage1", hist)
                 plot_rewards(hist, self.out / "plots", "grpo_stage1")
                 if cfg.eval.enabled:
@@ -230,7 +231,8 @@ class Pipeline:
             if not self.resume("grpo_stage2"):
                 t0 = time.perf_counter()
                 model = load_model(current, cfg.model) if model is None else model
-                hist = self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)])
+                hist = self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)],
+                                    reference=current)
                 model = self._stage2_model
                 self.reward_summary("grpo_stage2", hist)
                 plot_rewards(hist, self.out / "plots", "grpo_stage2")
@@ -248,8 +250,9 @@ class Pipeline:
         self._report()
         return self.metrics
 
-    def _stage2(self, model, processor, rows) -> list:
-        """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train."""
+    def _stage2(self, model, processor, rows, reference) -> list:
+        """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train.
+        Every round keeps the KL reference at `reference`, the policy stage 2 started from."""
         from datasets import Dataset
 
         from rl.data.samples import build_grpo_stage2
@@ -275,7 +278,7 @@ class Pipeline:
             model, hist = run_grpo(s2, "grpo_stage2", model, processor, self.vocab, ds,
                                    cfg.data.decoder, self.out / "grpo_stage2", cfg.seed + round_no,
                                    cfg.logging_steps, cfg.progress_bars, max_steps=steps,
-                                   save=last)
+                                   save=last, reference=reference)
             history += [{**e, "step": e.get("step", 0) + done_steps} for e in hist]
             done_steps += steps
             round_no += 1

@@ -44,10 +44,28 @@ S1_TWO = ans("<seg><grid_0_0></seg>", "<box><grid_0_0><grid_1_1></box>")
 GOOD = [off("<off_0_0>"), off(box=["<off_0_0>", "<off_1_1>"])]
 
 
+def test_refine_format_partial_credit_orders_malformed_lines():
+    s1 = ans("<box><grid_0_0><grid_1_1></box><seg><grid_0_0></seg>")
+    sol = make_solution(8, 8, [rect(0, 4, 0, 4)])
+    lines = [
+        off("<off_0_0>", box=["<off_0_0>", "<off_1_1>"]),  # well formed: 1
+        off("<off_0_0><off_0_0>", box=["<off_0_0>", "<off_1_1>"]),  # seg count wrong: 3/4
+        "<box><off_0_0><off_1_1></box><seg><off_0_0></seg>",  # no wrapper, so misplaced: 2/4
+        "<offset><box><off_1_0><off_0_0><off_1_1></box><seg><off_0_0></box></offset>",  # 1/4
+        "nothing useful",  # 0
+    ]
+    scores = call("refine_format", [ans(line) for line in lines], s1, sol)
+    assert scores == pytest.approx([1.0, 0.375, 0.25, 0.125, 0.0])
+    strict = call("refine_format", [ans(line) for line in lines], s1, sol, partial=False)
+    assert strict == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("text, stage1, expected", [
     (ans(*GOOD, think=False), S1_TWO, 1.0),
     (ans(*GOOD), S1_TWO, 1.0),
-    (ans(GOOD[0], off("<off_0_0>")), S1_TWO, 0.5),
+    # Line 2 answers a box-only instance with a seg part: wrapper and nesting right, box part
+    # missing, seg part extra: conformity 2/4, credit 0.5 * 0.5 → (1 + 0.25) / 2.
+    (ans(GOOD[0], off("<off_0_0>")), S1_TWO, 0.625),
     (ans(*GOOD, off("<off_0_0>"), think=False), S1_TWO, 2 / 3),
     (ans(GOOD[0], think=False), S1_TWO, 0.5),
     ("<offset><seg><off_0_0></seg></offset>", S1_TWO, 0.0),  # no <answer>

@@ -71,6 +71,16 @@ def test_every_stage_moves_the_weights(run):
     assert not torch.equal(init[key][-100:], sft[key][-100:])
 
 
+def test_the_kl_reference_is_the_policy_each_stage_starts_from(run):
+    # TRL loads its reference from model.config._name_or_path; for a policy trained earlier in
+    # the same process that named the untrained init (measured KL ~5.8 from the first step).
+    out, _, _ = run
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        hist = json.loads((out / stage / "stage.json").read_text())["log_history"]
+        first = next(e["kl"] for e in hist if "kl" in e)
+        assert first < 1e-3, (stage, first)  # step 1: policy == reference
+
+
 def test_rewards_receive_their_columns(run):
     _, _, seen = run
     assert {"image", "solution"} <= seen["grpo_stage1"]

@@ -35,11 +35,15 @@ Ops = list[Offset | None]
 @dataclass
 class OffsetLine:
     """One parsed `<offset>` line. `box`/`seg` hold the ops read (None when the part is absent);
-    `well_formed` says whether it fits its stage-1 instance and will be applied."""
+    `well_formed` says whether it fits its stage-1 instance and will be applied. `conformity`
+    is the share of the four checks the line passes (wrapped in `<offset>…</offset>`; tags
+    nested with only offset tokens inside; the `<box>` part; the `<seg>` part), 1 exactly
+    when well formed."""
 
     box: Ops | None
     seg: Ops | None
     well_formed: bool
+    conformity: float = 0.0
 
 
 @dataclass
@@ -125,26 +129,29 @@ def _parse_offset_line(line: str, inst: Instance | None, vocab: SpatialVocab,
     if state is not None:
         ok = False
         errors.add(f"<{state}> is not closed")
-    if not (wrapper_open and wrapper_closed):
-        ok = False
+    wrapped = wrapper_open and wrapper_closed
+    if not wrapped:
         errors.add("line is not wrapped in <offset>…</offset>")
+    nested = ok  # every tag in place, only offset tokens inside the parts
     box, seg = parts.get("box"), parts.get("seg")
     if inst is None:
         errors.add("no stage-1 instance for this line")
-        return OffsetLine(box, seg, False)
+        return OffsetLine(box, seg, False, 0.0)
+    box_ok = seg_ok = True
     if (box is not None) != (inst.box is not None):
-        ok = False
+        box_ok = False
         errors.add("<box> part must be present exactly when the instance has a box")
     elif box is not None and (len(box) != 2 or None in box):
-        ok = False
+        box_ok = False
         errors.add(f"<box> needs two offset tokens (no {DELETE_TOKEN}), got {len(box)}")
     if (seg is not None) != bool(inst.points):
-        ok = False
+        seg_ok = False
         errors.add("<seg> part must be present exactly when the instance has points")
     elif seg is not None and len(seg) != len(inst.points):
-        ok = False
+        seg_ok = False
         errors.add(f"<seg> needs {len(inst.points)} tokens, got {len(seg)}")
-    return OffsetLine(box, seg, ok)
+    checks = (wrapped, nested, box_ok, seg_ok)
+    return OffsetLine(box, seg, all(checks), sum(checks) / len(checks))
 
 
 def parse_refinement(text: str, stage1, vocab: SpatialVocab = DEFAULT_VOCAB) -> ParsedRefinement:
