@@ -49,6 +49,8 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
         d.pop(k, None)
     for later in STAGES[STAGES.index(stage) + 1:]:
         d.pop(later, None)
+    if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
+        d["eval"] = {k: v for k, v in d["eval"].items() if k != "rounds"}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,12 @@ def test_stage_keys_ignore_output_and_later_stages():
     assert stage_key(full, "grpo_stage1") != stage_key(s1, "grpo_stage1")
     assert stage_key(full, "grpo_stage2") != stage_key(s2, "grpo_stage2")
     assert differences(s1, full) == ["grpo_stage1.rewards.box=0.0"]
+    # Refinement rounds only change the evaluation after stage 2: grid only and grid with
+    # offsets share their cold start and stage 1.
+    g32 = load_config(ROOT / "configs" / "grid_study" / "grid_32.yaml")
+    g32o = load_config(ROOT / "configs" / "grid_study" / "grid_32_offsets.yaml")
+    assert stage_key(g32, "grpo_stage1") == stage_key(g32o, "grpo_stage1")
+    assert stage_key(g32, "sft") != stage_key(full, "sft")
 
 
 def test_every_ablation_file_changes_one_thing(capsys):
