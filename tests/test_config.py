@@ -9,7 +9,15 @@ from tokens import SpatialVocab
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-RECIPES = [p for p in CONFIGS if p.parent.name != "accelerate" and "prompts" not in p.name]
+RECIPES = [p for p in CONFIGS if p.parent.name not in ("accelerate", "tasks")
+           and "prompts" not in p.name]
+TASKS = [p for p in CONFIGS if p.parent.name == "tasks"]
+
+
+@pytest.mark.parametrize("path", TASKS, ids=lambda p: p.name)
+def test_task_overlays_merge_over_a_recipe(path):
+    cfg = load_config(ROOT / "configs" / "default.yaml", load_yaml_chain(path))
+    assert cfg.cpu_threads == 1 or path.name != "one_thread.yaml"
 
 
 def test_there_are_recipes():
