@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import abstractmethod
 
 import numpy as np
 
@@ -47,11 +48,13 @@ class _CoordinateCodec(Codec):
         return []
 
     # -- one value ------------------------------------------------------------------------
+    @abstractmethod
     def write(self, v: float, axis: int, ctx) -> str:
-        raise NotImplementedError
+        """One coordinate (axis 0: x, 1: y) as text; `ctx` is what `prefix` returned."""
 
+    @abstractmethod
     def read(self, text: str, axis: int, ctx, errors: Errors) -> float | None:
-        raise NotImplementedError
+        """One coordinate back (normalized), or None with the problem added to `errors`."""
 
     # -- a line ---------------------------------------------------------------------------
     def prefix(self, instance: Instance) -> tuple[str, object]:
