@@ -143,6 +143,27 @@ class Pipeline:
         self.metrics["rewards"][name] = out
         return out
 
+    def _stage(self, name: str, train, model, current: Path, processor, rounds: int = 0):
+        """Run stage `name` unless an earlier run finished it: `train(model)` returns the
+        trained model and its log; then reward plots (GRPO), evaluation, `stage.json` and
+        metrics. Returns the model in memory, or None when the stage was taken back."""
+        from rl.models import load_model
+        from rl.visualize import plot_rewards
+
+        if self.resume(name):
+            return None
+        t0 = time.perf_counter()
+        model = load_model(current, self.cfg.model) if model is None else model
+        model, hist = train(model)
+        if name.startswith("grpo"):
+            self.reward_summary(name, hist)
+            plot_rewards(hist, self.out / "plots", name)
+        if self.cfg.eval.enabled:
+            self.evaluate(name, model, processor, rounds=rounds)
+        self.finish_stage(name, hist, time.perf_counter() - t0)
+        self._save_metrics()
+        return model
+
     # ---- the run --------------------------------------------------------------------------
     def run(self) -> dict:
         import torch
@@ -153,7 +174,6 @@ class Pipeline:
         from rl.grpo import run_grpo
         from rl.models import load_model, prepare_model
         from rl.train_sft import run_sft
-        from rl.visualize import plot_rewards
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -181,23 +201,16 @@ class Pipeline:
         # -- cold start
         sft = cfg.sft
         if sft.checkpoint:
-            current = Path(sft.checkpoint)
-            model = None
+            current, model = Path(sft.checkpoint), None
         elif sft.enabled:
-            if self.resume("sft"):
-                model = None
-            else:
-                t0 = time.perf_counter()
+            def train_sft(model):
                 rows = list(build_sft(train, self.decoder(), self.prompts, build))
                 ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
                 log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
-                model = load_model(current, cfg.model) if model is None else model
-                model, hist = run_sft(sft, model, processor, self.vocab, ds, self.out / "sft",
-                                      cfg.seed, cfg.logging_steps, cfg.progress_bars)
-                if cfg.eval.enabled:
-                    self.evaluate("sft", model, processor)
-                self.finish_stage("sft", hist, time.perf_counter() - t0)
-                self._save_metrics()
+                return run_sft(sft, model, processor, self.vocab, ds, self.out / "sft", cfg.seed,
+                               cfg.logging_steps, cfg.progress_bars)
+
+            model = self._stage("sft", train_sft, model, current, processor)
             current = self.out / "sft"
 
         # -- GRPO stage 1
@@ -205,41 +218,27 @@ class Pipeline:
         grpo_rows = list(build_grpo_stage1(train[: s1.n_prompts or len(train)], self.prompts,
                                            build))
         if s1.enabled:
-            if self.resume("grpo_stage1"):
-                model = None
-            else:
-                t0 = time.perf_counter()
-                model = load_model(current, cfg.model) if model is None else model
+            def train_stage1(model, reference=current):
                 ds = Dataset.from_list(grpo_rows).select_columns(["image", "prompt", "solution"])
                 log(f"grpo_stage1: {len(ds)} prompts, {s1.max_steps} steps, "
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
-                model, hist = run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
-                                       cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
-                                       cfg.logging_steps, cfg.progress_bars, codec=self.codec,
-                                       reference=current)
-                self.reward_summary("grpo_stage1", hist)
-                plot_rewards(hist, self.out / "plots", "grpo_stage1")
-                if cfg.eval.enabled:
-                    self.evaluate("grpo_stage1", model, processor)
-                self.finish_stage("grpo_stage1", hist, time.perf_counter() - t0)
-                self._save_metrics()
+                return run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
+                                cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
+                                cfg.logging_steps, cfg.progress_bars, codec=self.codec,
+                                reference=reference)
+
+            model = self._stage("grpo_stage1", train_stage1, model, current, processor)
             current = self.out / "grpo_stage1"
 
         # -- GRPO stage 2
         s2 = cfg.grpo_stage2
         if s2.enabled:
-            if not self.resume("grpo_stage2"):
-                t0 = time.perf_counter()
-                model = load_model(current, cfg.model) if model is None else model
-                hist = self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)],
-                                    reference=current)
-                model = self._stage2_model
-                self.reward_summary("grpo_stage2", hist)
-                plot_rewards(hist, self.out / "plots", "grpo_stage2")
-                if cfg.eval.enabled:
-                    self.evaluate("grpo_stage2", model, processor, rounds=cfg.eval.rounds)
-                self.finish_stage("grpo_stage2", hist, time.perf_counter() - t0)
-                self._save_metrics()
+            def train_stage2(model, reference=current):
+                return self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)],
+                                    reference=reference)
+
+            model = self._stage("grpo_stage2", train_stage2, model, current, processor,
+                                rounds=cfg.eval.rounds)
             current = self.out / "grpo_stage2"
 
         if cfg.eval.enabled and cfg.eval.pictures:
@@ -250,7 +249,7 @@ class Pipeline:
         self._report()
         return self.metrics
 
-    def _stage2(self, model, processor, rows, reference) -> list:
+    def _stage2(self, model, processor, rows, reference) -> tuple:
         """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train.
         Every round keeps the KL reference at `reference`, the policy stage 2 started from."""
         from datasets import Dataset
@@ -282,8 +281,7 @@ class Pipeline:
             history += [{**e, "step": e.get("step", 0) + done_steps} for e in hist]
             done_steps += steps
             round_no += 1
-        self._stage2_model = model
-        return history
+        return model, history
 
     def _instances(self, text):
         return self.codec.parse_answer(text).instances
