@@ -34,6 +34,9 @@ REWARDS: dict[str, Callable | type] = {
 }
 STAGE1_REWARDS = ("format", "non_repeat", "box", "mask", "points")
 STAGE2_REWARDS = ("refine_format", "point_refine", "box_refine", "mask_gain")
+# The documented range of each reward: every value it returns is None or finite and inside it.
+REWARD_RANGES: dict[str, tuple[float, float]] = {
+    name: entry.value_range for name, entry in REWARDS.items()}
 
 
 def build_reward(name: str, **params) -> Callable:
@@ -54,6 +57,7 @@ def build_reward(name: str, **params) -> Callable:
 
 __all__ = [
     "REWARDS",
+    "REWARD_RANGES",
     "STAGE1_REWARDS",
     "STAGE2_REWARDS",
     "BoxRefineReward",

@@ -29,17 +29,27 @@ from tokens.vocab import SpatialVocab
 
 
 def completion_text(completion) -> str:
-    """The text of one completion; never raises (odd shapes give their `str`)."""
+    """The text of one completion; never raises.
+
+    A string is itself. A conversation (a list of messages) gives its last message's content:
+    a string, or the concatenated `text` of its `{"type": "text", "text": ...}` parts, where a
+    part whose `text` is not a string (model output is never trusted) contributes nothing.
+    Anything else gives "" (None, numbers, odd shapes), which every reward scores as an answer
+    with no `<answer>` tag.
+    """
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        content = completion[-1].get("content", "")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, Sequence):
-            return "".join(p.get("text", "") for p in content
-                           if isinstance(p, Mapping) and p.get("type") == "text")
-    return "" if completion is None else str(completion)
+    if not isinstance(completion, Sequence) or not completion:
+        return ""
+    last = completion[-1]
+    content = last.get("content", "") if isinstance(last, Mapping) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(p["text"] for p in content
+                       if isinstance(p, Mapping) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str))
+    return ""
 
 
 def column(kwargs: Mapping, name: str, n: int, reward: str) -> list:
@@ -72,6 +82,7 @@ class Reward:
     name, holding the codec and the matching parameters of §6."""
 
     name = ""
+    value_range: tuple[float, float] = (0.0, 1.0)  # every value is None or inside it
 
     def __init__(self, codec: str | Mapping | Codec = "grid",
                  vocab: SpatialVocab | Mapping | None = None,

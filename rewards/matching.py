@@ -77,11 +77,14 @@ def pairwise(instances: Sequence[Instance], gt: GroundTruth, l1_scale: float = 0
         iou[with_box] = box_iou(boxes, gt.boxes_norm)
         l1 = np.abs(boxes[:, None, :] - gt.boxes_norm[None, :, :]).mean(axis=2)
         nbox[with_box] = np.clip(1.0 - l1 / l1_scale, 0.0, None)
-    masks = gt.masks
-    for i, inst in enumerate(instances):
-        if inst.points:
-            pts = np.asarray(inst.points, dtype=np.float64)
-            hit[i] = [points_in_mask(masks[j], pts).mean() for j in range(n)]
+    counts = np.array([len(inst.points) for inst in instances])
+    if counts.any():  # every point of every instance against every mask at once
+        pts = np.array([p for inst in instances for p in inst.points], dtype=np.float64)
+        owner = np.repeat(np.arange(m), counts)
+        masks = gt.masks
+        for j in range(n):
+            inside = points_in_mask(masks[j], pts)
+            hit[:, j] = np.bincount(owner, weights=inside, minlength=m) / np.maximum(counts, 1)
     return iou, hit, nbox
 
 

@@ -73,6 +73,7 @@ def non_repeat_reward(completions, **kwargs) -> list[float]:
 
 
 non_repeat_reward.__name__ = "non_repeat"
+non_repeat_reward.value_range = (0.0, 1.0)
 
 
 class BoxReward(Reward):
@@ -134,14 +135,18 @@ class MaskReward(Reward):
         gts = self.ground_truth(kwargs, len(texts))
         images = column(kwargs, "image", len(texts), self.name)
         parsed = [self.codec.parse_answer(t).instances for t in texts]
-        masks = decode_masks(self.decoder, images, parsed,
+        matchings = [self.match(insts, gt) for insts, gt in zip(parsed, gts, strict=True)]
+        # Only matched predictions are scored, so only they are decoded: a completion listing
+        # thousands of instances costs at most one decode per ground-truth object.
+        matched = [[insts[i] for i, _ in m.pairs] for insts, m in zip(parsed, matchings)]
+        masks = decode_masks(self.decoder, images, matched,
                              [(g.width, g.height) for g in gts], self.max_points)
         out, ious = [], []
-        for insts, gt, pred_masks in zip(parsed, gts, masks, strict=True):
-            m = self.match(insts, gt)
+        for m, gt, pair_masks in zip(matchings, gts, masks, strict=True):
             score = _empty_score(m)
             if score is None:
-                pair_ious = pair_mask_ious(pred_masks, gt, m.pairs)
+                pair_ious = pair_mask_ious(pair_masks, gt,
+                                           [(k, j) for k, (_, j) in enumerate(m.pairs)])
                 score = sum(self.tier(v) for v in pair_ious) / m.denominator
                 ious += pair_ious
             out.append(float(score))

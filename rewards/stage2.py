@@ -90,6 +90,7 @@ class PointRefineReward(_Stage2Reward):
     """
 
     name = "point_refine"
+    value_range = (-1.0, 1.0)
 
     def _reach_in(self, mask, x, y) -> bool:
         return any(point_in_mask(mask, *self.vocab.apply_offset(x, y, dx, dy))
@@ -176,14 +177,24 @@ class BoxRefineReward(_Stage2Reward):
 
 
 class MaskGainReward(_Stage2Reward):
-    """Per stage-1 instance: `(u1 − u0)/(1 − u0)` for u0 < 1, with u0/u1 the decoded-mask IoU
-    before/after refinement against the matched mask (an unmatched instance's target is empty,
-    and an empty mask against an empty target has IoU 1, so removing a false positive gains);
-    for u0 = 1: 0 if u1 = 1, else u1 − 1. Mean over stage-1 instances; None when there is
+    """Per stage-1 instance, with u0/u1 the decoded-mask IoU before/after refinement against
+    the matched mask (an unmatched instance's target is empty, and an empty mask against an
+    empty target has IoU 1, so removing a false positive gains):
+
+        gain = (u1 − u0)/(1 − u0)   when u1 ≥ u0 (the share of the possible gain reached),
+               (u1 − u0)/u0         when u1 < u0 (the share of the IoU lost),
+
+    and 0 when u0 = u1 (also u0 = u1 = 1). Mean over stage-1 instances; None when there is
     none. Range [−1, 1]. Needs the `image` column. Logs `mask_gain/u0`, `mask_gain/u1`.
+
+    The spec's `(u1 − u0)/(1 − u0)` for every u0 < 1 is unbounded below (u0 = 0.9, u1 = 0
+    gives −9; u0 → 1 gives −517 and worse), so one bad refinement of a good proposal would
+    decide the group's normalized advantages; a loss is normalized by u0 instead, which also
+    equals the spec's `u1 − 1` at u0 = 1 (docs/method.md §8).
     """
 
     name = "mask_gain"
+    value_range = (-1.0, 1.0)
 
     def __init__(self, decoder="region", max_points: int = 64, **kwargs):
         super().__init__(**kwargs)
@@ -192,9 +203,12 @@ class MaskGainReward(_Stage2Reward):
 
     @staticmethod
     def gain(u0: float, u1: float) -> float:
-        if u0 < 1.0:
+        u0, u1 = min(1.0, max(0.0, u0)), min(1.0, max(0.0, u1))
+        if u1 > u0:
             return (u1 - u0) / (1.0 - u0)
-        return 0.0 if u1 >= 1.0 else u1 - 1.0
+        if u1 < u0:
+            return (u1 - u0) / u0
+        return 0.0
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
         rows = self.rows(completions, kwargs)

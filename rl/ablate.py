@@ -23,7 +23,6 @@ Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -34,42 +33,15 @@ from pathlib import Path
 
 import yaml
 
-from rl.config import RunConfig, load_config, load_yaml_chain, to_dict
-
-STAGES = ("sft", "grpo_stage1", "grpo_stage2")
-# What a stage's result depends on, beyond the recipe sections of earlier stages.
-_UNSHARED = ("output_dir", "progress_bars", "logging_steps", "cpu_threads")
-
-
-def stage_key(cfg: RunConfig, stage: str) -> str:
-    """A digest of everything that decides a stage's checkpoint and metrics: the recipe without
-    its output folder and without the sections of later stages."""
-    d = to_dict(cfg)
-    for k in _UNSHARED:
-        d.pop(k, None)
-    for later in STAGES[STAGES.index(stage) + 1:]:
-        d.pop(later, None)
-    if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
-        d["eval"] = {k: v for k, v in d["eval"].items() if k != "rounds"}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))  # an empty mapping adds no key
-        else:
-            out[key] = v
-    return out
-
-
-def differences(cfg: RunConfig, full: RunConfig) -> list[str]:
-    """`key=value` for each recipe value that differs from the full model's."""
-    a, b = _flatten(to_dict(cfg)), _flatten(to_dict(full))
-    return [f"{k}={a.get(k)}" for k in sorted(set(a) | set(b))
-            if k not in _UNSHARED and a.get(k) != b.get(k)]
+from rl.config import (
+    STAGES,
+    RunConfig,
+    differences,
+    load_config,
+    load_yaml_chain,
+    stage_key,
+    to_dict,
+)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -103,6 +75,9 @@ def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
                 if k == "untrained" or k in reused}
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({"evaluation": keep}, indent=2))
+        # The recipe beside them, so the pipeline sees whose stages these are (it refuses to
+        # resume over another recipe's finished stages).
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
     return reused
 
 

@@ -13,6 +13,7 @@ replaces. Ablation files use this.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,46 @@ def check(cfg: RunConfig, where: str) -> None:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# The trained stages in order; "untrained" (the extended starting model and its evaluation)
+# comes before them.
+STAGES = ("sft", "grpo_stage1", "grpo_stage2")
+# Recipe values that change where and how a run reports, not what it computes.
+UNSHARED_KEYS = ("output_dir", "progress_bars", "logging_steps", "cpu_threads")
+
+
+def stage_key(cfg: RunConfig, stage: str) -> str:
+    """A digest of everything that decides a stage's checkpoint and metrics: the recipe without
+    its output folder and without the sections of later stages. `"untrained"` is the starting
+    model (every stage section dropped)."""
+    d = to_dict(cfg)
+    for k in UNSHARED_KEYS:
+        d.pop(k, None)
+    later = STAGES if stage == "untrained" else STAGES[STAGES.index(stage) + 1:]
+    for name in later:
+        d.pop(name, None)
+    if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
+        d["eval"] = {k: v for k, v in d["eval"].items() if k != "rounds"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))  # an empty mapping adds no key
+        else:
+            out[key] = v
+    return out
+
+
+def differences(cfg: RunConfig, other: RunConfig) -> list[str]:
+    """`key=value` (cfg's value) for each recipe value that differs from `other`'s."""
+    a, b = _flatten(to_dict(cfg)), _flatten(to_dict(other))
+    return [f"{k}={a.get(k)}" for k in sorted(set(a) | set(b))
+            if k not in UNSHARED_KEYS and a.get(k) != b.get(k)]
 
 
 def checkpoint_settings(model_dir: str | Path) -> dict:

@@ -222,6 +222,10 @@ def prepare_model(model_cfg, out_dir: str | Path, seed: int = 0) -> Path:
         return Path(src)
     target = out_dir / "model_init"
     if (target / "spatial_vocab.json").is_file():
+        have = SpatialVocab.load(target)
+        if have != vocab:
+            raise ValueError(f"{target}: made earlier with {have}, the config asks for {vocab}; "
+                             "use another output folder")
         return target
     if src is None:
         src = build_tiny_qwen2_5_vl(out_dir / "base", seed=seed, **model_cfg.tiny)

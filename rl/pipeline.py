@@ -14,18 +14,65 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rl.config import RunConfig, to_dict
+from rl.config import STAGES, RunConfig, differences, load_config, stage_key, to_dict
 
-STAGES = ("sft", "grpo_stage1", "grpo_stage2")
+
+class RecipeMismatch(ValueError):
+    """An output folder holds finished stages of another recipe."""
 
 
 def log(msg: str) -> None:
     print(f"[getok] {msg}", flush=True)
+
+
+def write_json(path: Path, value, **kwargs) -> None:
+    """Write JSON so that a reader (or a run killed mid-write) sees the old file or the new one,
+    never half of one: write a sibling, then rename it over the target."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, **{"default": float, **kwargs}))
+    os.replace(tmp, path)
+
+
+def finished_parts(out: Path) -> list[str]:
+    """What an earlier run left finished in `out`: "untrained" (the extended starting model or
+    its evaluation) and each stage whose `stage.json` exists."""
+    done = []
+    metrics = out / "metrics.json"
+    if (out / "model_init" / "spatial_vocab.json").is_file() or metrics.is_file():
+        done.append("untrained")
+    return done + [s for s in STAGES if (out / s / "stage.json").is_file()]
+
+
+def check_resumable(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume in `out` when its finished parts were made by another recipe (their
+    stage keys differ): mixing them would report one recipe's metrics for another. Values that
+    do not change results (output folder, logging, threads) and sections of stages not yet
+    finished may differ."""
+    done = finished_parts(out)
+    if not done:
+        return
+    recipe = out / "config.json"
+    where = f"{out}: holds finished {', '.join(done)} of an earlier run"
+    if not recipe.is_file():
+        raise RecipeMismatch(f"{where} but no config.json saying which recipe made it; use "
+                             "another output_dir or empty this one")
+    try:
+        prev = load_config(recipe)
+    except ValueError as e:
+        raise RecipeMismatch(f"{where} whose recipe cannot be read ({e}); use another "
+                             "output_dir or empty this one") from None
+    clash = [part for part in done if stage_key(prev, part) != stage_key(cfg, part)]
+    if clash:
+        diff = ", ".join(differences(cfg, prev)) or "(values inside lists)"
+        raise RecipeMismatch(
+            f"{where}; {', '.join(clash)} came from another recipe (this recipe differs in: "
+            f"{diff[:600]}). Use another output_dir, or remove {out} to start over.")
 
 
 def set_cpu_threads(threads: int | None) -> None:
@@ -123,7 +170,7 @@ class Pipeline:
     def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
         info = {"seconds": seconds, "evaluation": self.metrics["evaluation"].get(name),
                 "log_history": log_history, **(extra or {})}
-        (self.out / name / "stage.json").write_text(json.dumps(info, default=float))
+        write_json(self.out / name / "stage.json", info)
 
     def reward_summary(self, name: str, log_history: list) -> dict:
         """Mean reward (weighted total and each term) over the first and last fifth of steps."""
@@ -179,7 +226,8 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
         set_cpu_threads(cfg.cpu_threads)
         t_start = time.perf_counter()
-        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+        check_resumable(cfg, self.out)
+        write_json(self.out / "config.json", to_dict(cfg), indent=2, default=str)
         init_dir = prepare_model(cfg.model, self.out, cfg.seed)
         log(f"model with the spatial vocabulary: {init_dir}")
         train = _records(cfg, "train")
@@ -315,7 +363,7 @@ class Pipeline:
                             deleted)
 
     def _save_metrics(self) -> None:
-        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=float))
+        write_json(self.out / "metrics.json", self.metrics, indent=2)
 
     def _report(self) -> None:
         ev = self.metrics["evaluation"]

@@ -31,10 +31,13 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir", default=None, help="override the recipe's output_dir")
     a = p.parse_args(argv)
     from rl.config import load_config
-    from rl.pipeline import Pipeline
+    from rl.pipeline import Pipeline, RecipeMismatch
 
     overrides = {"output_dir": a.output_dir} if a.output_dir else None
-    return Pipeline(load_config(a.config, overrides)).run()
+    try:
+        return Pipeline(load_config(a.config, overrides)).run()
+    except RecipeMismatch as e:  # a message, not a traceback: nothing ran
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

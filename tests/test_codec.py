@@ -187,3 +187,29 @@ def test_ten_thousand_out_of_range_tokens_keep_errors_bounded():
     ans = parse_answer(text)
     assert ans.instances == [] and len(ans.errors) <= 70
     assert any("more errors" in e for e in ans.errors)
+
+
+def test_the_fast_path_for_clean_lines_reads_what_the_walk_reads():
+    import random
+
+    from tokens.answer import Errors
+
+    rng = random.Random(0)
+    codec = GridCodec(SpatialVocab(grid_size=8))
+    fast = 0
+    for _ in range(3000):
+        tok = [f"<grid_{rng.randrange(10)}_{rng.choice(['0', '3', '7', '9', '03'])}>"
+               for _ in range(rng.randint(1, 5))]
+        line = rng.choice([f"<box>{tok[0]}{tok[-1]}</box>", ""]) + (
+            "<seg>" + "".join(tok[1:]) + "</seg>" if len(tok) > 1 or rng.random() < 0.5 else "")
+        if rng.random() < 0.2:
+            line = line.replace("><", "> <", 1)
+        if not line:
+            continue
+        e1, e2 = Errors(), Errors()
+        clean = codec._parse_clean_line(line, e1)
+        walked = codec._walk_line(line, e2)
+        if clean is not None:
+            fast += 1
+            assert clean == walked and list(e1) == list(e2), line
+    assert fast > 300  # the fast path was taken, with ordered and reversed boxes

@@ -81,7 +81,7 @@ def _stage1_instances(stage1, vocab: SpatialVocab) -> list[Instance]:
     return list(stage1)
 
 
-def _parse_offset_line(line: str, inst: Instance | None, vocab: SpatialVocab,
+def _parse_offset_line(line: str, inst: Instance, vocab: SpatialVocab,
                        errors: Errors) -> OffsetLine:
     parts: dict[str, Ops] = {}
     ok = True
@@ -134,9 +134,6 @@ def _parse_offset_line(line: str, inst: Instance | None, vocab: SpatialVocab,
         errors.add("line is not wrapped in <offset>…</offset>")
     nested = ok  # every tag in place, only offset tokens inside the parts
     box, seg = parts.get("box"), parts.get("seg")
-    if inst is None:
-        errors.add("no stage-1 instance for this line")
-        return OffsetLine(box, seg, False, 0.0)
     box_ok = seg_ok = True
     if (box is not None) != (inst.box is not None):
         box_ok = False
@@ -172,12 +169,18 @@ def parse_refinement(text: str, stage1, vocab: SpatialVocab = DEFAULT_VOCAB) -> 
     region = answer_region(text, errors)
     lines = []
     if region is not None:
-        for k, line in enumerate(answer_lines(region)):
+        texts = answer_lines(region)
+        for k, line in enumerate(texts[: len(instances)]):
             line_errors = Errors()
-            inst = instances[k] if k < len(instances) else None
-            lines.append(_parse_offset_line(line, inst, vocab, line_errors))
+            lines.append(_parse_offset_line(line, instances[k], vocab, line_errors))
             for e in line_errors.summary():
                 errors.add(f"line {k + 1}: {e}")
+        # A line past the last stage-1 instance answers nothing: it is counted (it lowers
+        # `refine_format`) but not read, so a runaway completion costs one split, not a parse.
+        extra = len(texts) - len(lines)
+        if extra > 0:
+            lines += [OffsetLine(None, None, False, 0.0) for _ in range(extra)]
+            errors.add(f"lines {len(instances) + 1}-{len(texts)}: no stage-1 instance to answer")
     if region is not None and len(lines) != len(instances):
         errors.add(f"{len(lines)} <offset> lines for {len(instances)} stage-1 instances")
     return ParsedRefinement(lines, len(instances), errors.summary(), structure_ok,

@@ -27,9 +27,10 @@ import numpy as np
 from tokens.answer import Errors, Instance
 from tokens.codec import CODECS, Codec
 
-# `[…]` and `(…)` groups, or any other run of non-space characters.
+# `[…]` and `(…)` groups, or any other run of non-space characters. Numbers are ASCII digits
+# (`[0-9]`, not `\d`, which also matches other scripts' digits), as in `tokens.vocab`.
 _ITEM_RE = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|[^\s\[\](]+|\S")
-_NUMBER_RE = re.compile(r"[+-]?\d{1,9}(?:\.\d{1,12})?")
+_NUMBER_RE = re.compile(r"[+-]?[0-9]{1,9}(?:\.[0-9]{1,12})?")
 
 
 def _clip01(v: float) -> float:
@@ -170,7 +171,7 @@ class TextBinsCodec(_CoordinateCodec):
         return str(round(_clip01(v) * self.bins))
 
     def read(self, text, axis, ctx, errors):
-        if not re.fullmatch(r"\d{1,9}", text):
+        if not re.fullmatch(r"[0-9]{1,9}", text):
             errors.add(f"{text[:20]!r} is not a bin (an integer 0..{self.bins})")
             return None
         b = int(text)
@@ -220,7 +221,7 @@ class AnchorOffsetCodec(_CoordinateCodec):
         return f"{round(_clip01(v) * self.frame - ctx[axis]):+d}"
 
     def read(self, text, axis, ctx, errors):
-        if not re.fullmatch(r"[+-]?\d{1,6}", text):
+        if not re.fullmatch(r"[+-]?[0-9]{1,6}", text):
             errors.add(f"{text[:20]!r} is not a signed integer deviation")
             return None
         px = ctx[axis] + int(text)
@@ -234,7 +235,7 @@ class AnchorOffsetCodec(_CoordinateCodec):
             errors.add("a line starts with `anchor (p, q)`")
             return None, 0, False
         fields = [f.strip() for f in items[1][1:-1].split(",")]
-        if len(fields) != 2 or not all(re.fullmatch(r"\d{1,4}", f) for f in fields):
+        if len(fields) != 2 or not all(re.fullmatch(r"[0-9]{1,4}", f) for f in fields):
             errors.add(f"anchor {items[1][:20]!r} is not (p, q) with integer p, q")
             return None, 0, False
         p, q = (int(f) for f in fields)
@@ -265,7 +266,7 @@ class RleTextCodec(Codec):
                              f"{size}, {labels}")
         self.size, self.labels, self.refine = int(size), labels, bool(refine)
         self._run_re = re.compile(r"\s*(" + "|".join(map(re.escape, labels))
-                                  + r")\s*(?:\*\s*(\d{1,4}))?\s*")
+                                  + r")\s*(?:\*\s*([0-9]{1,4}))?\s*")
 
     def new_tokens(self) -> list[str]:
         return []

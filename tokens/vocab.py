@@ -15,8 +15,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DELETE_TOKEN = "<DELETE>"
-GRID_TOKEN_RE = re.compile(r"<grid_(\d{1,6})_(\d{1,6})>")
-OFFSET_TOKEN_RE = re.compile(r"<off_(-?\d{1,6})_(-?\d{1,6})>")
+# The exact spelling of the vocabulary's tokens, shared by every parser: ASCII digits only
+# (Python's `\d` also matches e.g. Arabic-Indic digits, which `int` accepts), no leading zeros
+# and no `-0` (`<grid_03_1>` and `<off_-0_1>` are no token of the vocabulary: a model could
+# only spell them through byte pieces). Indices are checked against the grid and radius after
+# matching (`cell_in_range`, `offset_in_range`).
+_INDEX = r"(0|[1-9][0-9]{0,5})"
+_SIGNED = r"(0|-?[1-9][0-9]{0,5})"
+GRID_TOKEN_RE = re.compile(rf"<grid_{_INDEX}_{_INDEX}>")
+# The same spelling without groups, to build larger patterns from.
+GRID_TOKEN_PATTERN = GRID_TOKEN_RE.pattern.replace("(", "(?:")
+OFFSET_TOKEN_RE = re.compile(rf"<off_{_SIGNED}_{_SIGNED}>")
 VOCAB_FILE = "spatial_vocab.json"
 
 

@@ -1,0 +1,131 @@
+"""A killed run resumes where it stopped; a folder of another recipe is refused, not mixed."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl.config import load_config, to_dict
+from rl.pipeline import RecipeMismatch, check_resumable, finished_parts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(out: Path, **sections) -> dict:
+    r = {"base": str(ROOT / "configs" / "default.yaml"), "output_dir": str(out),
+         "logging_steps": 1, "progress_bars": False,
+         "data": {"n_train": 96, "n_eval": 8,
+                  "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+         "sft": {"max_steps": 60},
+         "grpo_stage1": {"max_steps": 60, "n_prompts": 16},
+         "grpo_stage2": {"max_steps": 2, "n_prompts": 8},
+         "eval": {"pictures": 0}}
+    for k, v in sections.items():
+        r[k] = {**r.get(k, {}), **v}
+    return r
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def command(path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "rl" / "train_grpo.py"), "--config", str(path)]
+
+
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def test_killed_during_stage1_resumes_and_keeps_earlier_outputs(tmp_path):
+    out = tmp_path / "run"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe(out)))
+
+    # First run: SIGKILL once GRPO stage 1 has started training.
+    proc = subprocess.Popen(command(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env(), cwd=tmp_path)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[getok] grpo_stage1:") and "prompts" in line:
+            break
+    else:
+        pytest.fail("the run ended before GRPO stage 1:\n" + "".join(lines[-30:]))
+    time.sleep(2.0)  # inside the trainer: its steps take ~0.1-0.3 s each, 60 of them
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert finished_parts(out) == ["untrained", "sft"], "".join(lines[-30:])
+    sft_before = fingerprint(out / "sft")
+    metrics_before = json.loads((out / "metrics.json").read_text())
+    assert set(metrics_before["evaluation"]) == {"untrained", "sft"}
+
+    # The same command again: the cold start is taken back, the rest runs to the end.
+    again = subprocess.run(command(path), capture_output=True, text=True, env=env(),
+                           cwd=tmp_path, timeout=800)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "sft: done already" in again.stdout
+    assert finished_parts(out) == ["untrained", "sft", "grpo_stage1", "grpo_stage2"]
+    assert fingerprint(out / "sft") == sft_before  # not one byte of the cold start changed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("untrained", "sft"):
+        assert metrics["evaluation"][name] == metrics_before["evaluation"][name]
+    assert set(metrics["evaluation"]) == {"untrained", "sft", "grpo_stage1", "grpo_stage2"}
+    assert not list(out.rglob("*.tmp"))
+
+    # Another recipe over the same folder is refused, naming what differs.
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(recipe(out, sft={"max_steps": 61})))
+    refused = subprocess.run(command(other), capture_output=True, text=True, env=env(),
+                             cwd=tmp_path, timeout=300)
+    assert refused.returncode != 0
+    assert "sft.max_steps=61" in refused.stderr and "another recipe" in refused.stderr
+    assert fingerprint(out / "sft") == sft_before
+
+
+def _folder(tmp_path, done, **sections):
+    out = tmp_path / "run"
+    out.mkdir(parents=True)
+    for stage in done:
+        (out / stage).mkdir(parents=True, exist_ok=True)
+        (out / stage / "stage.json").write_text("{}")
+    (out / "metrics.json").write_text("{}")
+    cfg = load_config(ROOT / "configs" / "default.yaml", {"output_dir": str(out)})
+    (out / "config.json").write_text(json.dumps(to_dict(cfg)))
+    return out, load_config(ROOT / "configs" / "default.yaml",
+                            {"output_dir": str(out), **sections})
+
+
+def test_a_later_unfinished_stage_may_change(tmp_path):
+    out, cfg = _folder(tmp_path, ["sft", "grpo_stage1"], grpo_stage2={"max_steps": 7},
+                       logging_steps=3, progress_bars=True)
+    check_resumable(cfg, out)  # nothing finished depends on what changed
+
+
+def test_a_finished_stage_of_another_recipe_is_refused(tmp_path):
+    out, cfg = _folder(tmp_path, ["sft", "grpo_stage1"], grpo_stage1={"max_steps": 7})
+    with pytest.raises(RecipeMismatch, match=r"grpo_stage1 came from another recipe.*"
+                                             r"grpo_stage1\.max_steps=7"):
+        check_resumable(cfg, out)
+    out2, cfg2 = _folder(tmp_path / "b", [], model={"grid_size": 16})
+    with pytest.raises(RecipeMismatch, match="untrained came from another recipe"):
+        check_resumable(cfg2, out2)  # the extended starting model is not reused either
+
+
+def test_finished_stages_without_a_recipe_are_refused(tmp_path):
+    out, cfg = _folder(tmp_path, ["sft"])
+    (out / "config.json").unlink()
+    with pytest.raises(RecipeMismatch, match="no config.json"):
+        check_resumable(cfg, out)
+    check_resumable(cfg, tmp_path / "empty")  # a new folder is fine
