@@ -1,9 +1,14 @@
 """The field's metrics (method spec §10): gIoU, cIoU, REC Acc@τ, gRES (no-)target accuracy.
 
 Per sample, P is the union of the predicted masks and G the union of the ground-truth masks:
-I = |P ∩ G|, U = |P ∪ G| (pixels of the `ignore` mask left out of both), IoU = I/U and IoU = 1
-when U = 0 (a correct empty answer). gIoU is the mean of per-sample IoU, cIoU = ΣI / ΣU. A
-completion that does not parse is an empty prediction: scored, never skipped.
+I = |P ∩ G|, U = |P ∪ G| (pixels of the `ignore` mask left out of both), IoU = I/U; when U = 0
+(a no-target row answered with nothing) IoU = 1 if the completion parsed, else 0: garbage is not
+a correct "nothing there" (LISA, Seg-Zero and VisionReasoner score it 0 too). gIoU is the mean
+of per-sample IoU, cIoU = ΣI / ΣU, and 0 when ΣU = 0 (as LISA's and VisionReasoner's
+accumulators give). A completion that does not parse is scored on what can be read from it,
+never skipped. Acc@τ counts box IoU > τ, compared with a margin of 1e-9 (`IOU_MARGIN`): an IoU
+that is τ exactly in pixels may come out a rounding error above τ in normalized coordinates
+(0.5000000000000001), and is no hit. See docs/method.md §10–§11.
 
 Results are per expression (every sample counts once) and, where several expressions describe
 one object (RefCOCO's `ref` with its sentences), also per instance: each object's samples are
@@ -19,6 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from rewards.matching import box_iou
+
+# Box IoUs within this of a threshold τ count as τ (not above it): rounding of normalized
+# coordinates, not a better box.
+IOU_MARGIN = 1e-9
+
+
+def above(iou: float, tau: float) -> bool:
+    """The Acc@τ test: iou > τ beyond rounding (`IOU_MARGIN`)."""
+    return iou > tau + IOU_MARGIN
 
 
 @dataclass
@@ -37,7 +51,9 @@ class SampleScore:
 
     @property
     def iou(self) -> float:
-        return 1.0 if self.union == 0 else self.intersection / self.union
+        if self.union == 0:  # nothing predicted, nothing there: right only if it parsed
+            return 1.0 if self.parsed else 0.0
+        return self.intersection / self.union
 
 
 def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, ignore: np.ndarray | None,
@@ -78,14 +94,15 @@ def summarize(scores: Sequence[SampleScore]) -> dict:
     out = {
         "samples": n,
         "gIoU": float(ious.mean()),
-        "cIoU": float(inter / union) if union else 1.0,
-        "Acc@0.5": float(np.mean([b > 0.5 for b in rec])) if rec else None,
-        "Acc@0.8": float(np.mean([b > 0.8 for b in rec])) if rec else None,
+        "cIoU": float(inter / union) if union else 0.0,
+        "Acc@0.5": float(np.mean([above(b, 0.5) for b in rec])) if rec else None,
+        "Acc@0.8": float(np.mean([above(b, 0.8) for b in rec])) if rec else None,
         "rec_samples": len(rec),
         "parse_failures": sum(not s.parsed for s in scores),
         "no_target_samples": len(no_target),
-        "no_target_accuracy": float(np.mean([s.num_pred == 0 for s in no_target]))
-        if no_target else None,
+        "no_target_parse_failures": sum(not s.parsed for s in no_target),
+        "no_target_accuracy": float(np.mean([s.num_pred == 0 and s.parsed
+                                             for s in no_target])) if no_target else None,
         "target_accuracy": float(np.mean([s.num_pred > 0 for s in target])) if target else None,
     }
     kinds = sorted({s.kind for s in scores if s.kind})
@@ -112,12 +129,12 @@ def summarize_per_instance(scores: Sequence[SampleScore]) -> dict:
         union += np.mean([s.union for s in members])
         rec = [s.box_iou for s in members if s.box_iou is not None]
         if rec:
-            acc5.append(np.mean([b > 0.5 for b in rec]))
-            acc8.append(np.mean([b > 0.8 for b in rec]))
+            acc5.append(np.mean([above(b, 0.5) for b in rec]))
+            acc8.append(np.mean([above(b, 0.8) for b in rec]))
     return {
         "instances": len(groups),
         "gIoU": float(np.mean(g_iou)),
-        "cIoU": float(inter / union) if union else 1.0,
+        "cIoU": float(inter / union) if union else 0.0,
         "Acc@0.5": float(np.mean(acc5)) if acc5 else None,
         "Acc@0.8": float(np.mean(acc8)) if acc8 else None,
     }
@@ -142,7 +159,8 @@ def report(scores: Sequence[SampleScore], datasets: Sequence[str]) -> dict:
 _COLUMNS = (("samples", "samples", "d"), ("gIoU", "gIoU", "pct"), ("cIoU", "cIoU", "pct"),
             ("Acc@0.5", "Acc@0.5", "pct"), ("Acc@0.8", "Acc@0.8", "pct"),
             ("no_target_accuracy", "N-acc", "pct"), ("target_accuracy", "T-acc", "pct"),
-            ("parse_failures", "parse failures", "d"), ("no_target_samples", "no-target", "d"))
+            ("parse_failures", "parse failures", "d"), ("no_target_samples", "no-target", "d"),
+            ("no_target_parse_failures", "no-target parse failures", "d"))
 
 
 def _cell(value, fmt: str) -> str:

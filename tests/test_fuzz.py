@@ -120,7 +120,7 @@ def test_text_codecs_read_ascii_digits_only():
     assert not bad.lines_ok and bad.instances == []
 
 
-# ---- completion text never raises ------------------------------------------------------------------
+# ---- completion text never raises ----------------------------------------------------------
 @pytest.mark.parametrize("completion, text", [
     ([{"role": "assistant", "content": [{"type": "text", "text": 5}]}], ""),
     ([{"role": "assistant", "content": [{"type": "text", "text": "a"},

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="refcoco", choices=("refcoco", "refcoco+", "refcocog"))
     p.add_argument("--split-by", default="unc", help="refs(SPLIT_BY).p: unc, umd or google")
     p.add_argument("--split", help="keep one split (train, val, testA, ...)")
+    p.add_argument("--reasonseg-masks", default="reference",
+                   choices=("reference", "subtract_ignore"),
+                   help="ReasonSeg polygons: as LISA's loader draws them (default), or "
+                        "pycocotools fill minus every ignore polygon")
+    p.add_argument("--grefcoco-crowd", default="skip", choices=("skip", "keep"),
+                   help="gRefCOCO crowd annotations: left out as the gRefCOCO API does "
+                        "(default), or kept in the target")
     p.add_argument("--n", type=int, default=1000, help="synthetic: number of records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=None,
@@ -84,9 +91,10 @@ def records_for(args, skips):
         if not args.images:
             raise SystemExit(f"--source {args.source} needs --images (the COCO train2014 folder)")
         return refer_records(args.root, args.images, args.split, args.split_by, args.dataset,
-                             grefs=args.source == "grefcoco", skips=skips)
+                             grefs=args.source == "grefcoco", skips=skips,
+                             crowd=args.grefcoco_crowd)
     if args.source == "reasonseg":
-        return reasonseg_records(args.root, skips=skips)
+        return reasonseg_records(args.root, skips=skips, masks=args.reasonseg_masks)
     return segzero_records(args.root, _decoder(args.decoder), skips=skips)
 
 

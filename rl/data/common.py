@@ -153,7 +153,8 @@ def read_image(path: Path, *, source, record, field_name: str) -> np.ndarray:
 def polygons_to_mask(polygons, width: int, height: int, *, source, record, field_name: str,
                      tolerance: float = 1.0) -> np.ndarray:
     """Rasterize COCO-style polygons ([x1, y1, x2, y2, ...] lists, pixel frame) with
-    pycocotools. Points more than `tolerance` px outside the image are an error."""
+    pycocotools on their raw vertices, as COCO and REFER do (pycocotools clips what falls
+    outside). Points more than `tolerance` px outside the image are an error."""
     flat = []
     for k, poly in enumerate(polygons):
         pts = np.asarray(poly, dtype=np.float64).reshape(-1)
@@ -166,8 +167,6 @@ def polygons_to_mask(polygons, width: int, height: int, *, source, record, field
             raise data_error(source, record, f"{field_name}[{k}]",
                              f"polygon reaches ({xs.min():.1f}, {ys.min():.1f})–({xs.max():.1f}, "
                              f"{ys.max():.1f}), outside the {width}x{height} image")
-        pts[0::2] = np.clip(xs, 0, width)
-        pts[1::2] = np.clip(ys, 0, height)
         flat.append(pts.tolist())
     rles = mask_utils.frPyObjects(flat, height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)

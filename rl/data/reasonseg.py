@@ -2,10 +2,18 @@
 
 ReasonSeg: a folder of `NAME.jpg` + `NAME.json` pairs; the JSON holds `text` (a string or a list
 of queries), `is_sentence`, and `shapes`, each `{"label": ..., "points": [[x, y], ...]}`.
-Polygons labelled `target` (any label but these two) make up the target, `ignore` ones mark
-pixels left out of the metrics (kept as the solution's `ignore` mask), and `flag` ones are
-deprecated and dropped. The target is one instance: the union of its polygons. One record per
-query.
+Polygons labelled `target` (any label without "ignore" in it) make up the target, `ignore` ones
+mark pixels left out of the metrics (kept as the solution's `ignore` mask), and `flag` ones are
+deprecated and dropped. The target is one instance. One record per query.
+
+How polygons become masks (`masks=`):
+- `"reference"` (default): as the loader that LISA, Seg-Zero and VisionReasoner evaluate against
+  draws them, so our ground truth is theirs: vertices truncated to integers, each polygon
+  filled with its outline (OpenCV), and the polygons painted largest first, each over the
+  earlier ones, so a small target inside a larger `ignore` region stays target and a small
+  `ignore` inside a target cuts a hole.
+- `"subtract_ignore"`: this package's earlier rule: polygons rasterized by pycocotools on their
+  vertices, the target the union of target polygons minus every `ignore` polygon.
 
 Seg-Zero / VisionReasoner: a `datasets.Dataset` saved with `save_to_disk`, with `image`,
 `problem` (or `text`), `solution` (JSON: a list of `{"bbox_2d": [x1, y1, x2, y2],
@@ -44,8 +52,83 @@ def _read_json(path: Path):
     raise DataError(f"{path}: not valid JSON")
 
 
-def reasonseg_records(root: str | Path, skips: Skips | None = None) -> Iterator[Record]:
-    """Records of one ReasonSeg split folder (`train`, `val` or `test`)."""
+MASK_RULES = ("reference", "subtract_ignore")
+
+
+def _polygon_points(shape, width: int, height: int, *, path, rec, field_name: str,
+                    tolerance: float = 1.0) -> np.ndarray:
+    """The (K, 2) vertices of one shape, checked: finite numbers, at least one vertex, none more
+    than `tolerance` px outside the image."""
+    try:
+        pts = np.asarray(shape.get("points", []), dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise data_error(path, rec, field_name, "expected a list of [x, y] vertices") from None
+    if len(pts) == 0 or not np.isfinite(pts).all():
+        raise data_error(path, rec, field_name, "expected at least one finite [x, y] vertex")
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    if lo.min() < -tolerance or hi[0] > width + tolerance or hi[1] > height + tolerance:
+        raise data_error(path, rec, field_name,
+                         f"polygon reaches ({lo[0]:.1f}, {lo[1]:.1f})–({hi[0]:.1f}, {hi[1]:.1f}), "
+                         f"outside the {width}x{height} image")
+    return pts
+
+
+def _reference_fill(pts: np.ndarray, width: int, height: int) -> np.ndarray:
+    """One polygon as the reference loader draws it: integer vertices (truncated toward zero),
+    the closed outline one pixel wide, and the inside."""
+    import cv2
+
+    poly = [pts.astype(np.int32)]
+    canvas = np.zeros((height, width), np.uint8)
+    cv2.polylines(canvas, poly, True, 1, 1)
+    cv2.fillPoly(canvas, poly, 1)
+    return canvas.astype(bool)
+
+
+def reasonseg_masks(shapes: list, width: int, height: int, masks: str = "reference", *,
+                    path=None, rec=None) -> tuple[np.ndarray, np.ndarray]:
+    """(target, ignore) (H, W) bool masks of a ReasonSeg file's `shapes` under rule `masks`
+    (see the module doc). Bad shapes raise DataError naming file, record and field."""
+    if masks not in MASK_RULES:
+        raise ValueError(f"ReasonSeg mask rule {masks!r}: expected one of {MASK_RULES}")
+    polygons = []  # (is_ignore, mask)
+    for s, shape in enumerate(shapes):
+        if not isinstance(shape, dict):
+            raise data_error(path, rec, f"shapes[{s}]", "expected an object")
+        label = str(shape.get("label", "")).lower()
+        if label == "flag":
+            continue
+        where = f"shapes[{s}].points"
+        if masks == "reference":
+            pts = _polygon_points(shape, width, height, path=path, rec=rec, field_name=where)
+            m = _reference_fill(pts, width, height)
+        else:
+            pts = np.asarray(shape.get("points", []), dtype=np.float64)
+            m = polygons_to_mask([pts.reshape(-1)], width, height, source=path, record=rec,
+                                 field_name=where)
+        polygons.append(("ignore" in label, m))
+    target = np.zeros((height, width), bool)
+    ignore = np.zeros((height, width), bool)
+    if masks == "reference":
+        # Largest first, later (smaller) polygons painted over earlier ones; the order of
+        # equal areas is numpy's argsort reversed, as in the reference.
+        areas = [int(m.sum()) for _, m in polygons]
+        for k in np.argsort(areas)[::-1]:
+            is_ignore, m = polygons[k]
+            target[m], ignore[m] = not is_ignore, is_ignore
+    else:
+        for is_ignore, m in polygons:
+            (ignore if is_ignore else target)[m] = True
+        target &= ~ignore
+    return target, ignore
+
+
+def reasonseg_records(root: str | Path, skips: Skips | None = None,
+                      masks: str = "reference") -> Iterator[Record]:
+    """Records of one ReasonSeg split folder (`train`, `val` or `test`); `masks` is the
+    polygon rule (module doc)."""
+    if masks not in MASK_RULES:
+        raise ValueError(f"ReasonSeg mask rule {masks!r}: expected one of {MASK_RULES}")
     skips = skips if skips is not None else Skips()
     root = Path(root)
     if not root.is_dir():
@@ -70,22 +153,7 @@ def reasonseg_records(root: str | Path, skips: Skips | None = None) -> Iterator[
             image_path = path.with_suffix(".jpg")
             image = read_image(image_path, source=path, record=rec, field_name="(image)")
             height, width = image.shape[:2]
-            target = np.zeros((height, width), bool)
-            ignore = np.zeros((height, width), bool)
-            for s, shape in enumerate(shapes):
-                label = str(shape.get("label", "")).lower() if isinstance(shape, dict) else None
-                if label is None:
-                    raise data_error(path, rec, f"shapes[{s}]", "expected an object")
-                if label == "flag":
-                    continue
-                pts = np.asarray(shape.get("points", []), dtype=np.float64)
-                m = polygons_to_mask([pts.reshape(-1)], width, height, source=path, record=rec,
-                                     field_name=f"shapes[{s}].points")
-                if "ignore" in label:
-                    ignore |= m
-                else:
-                    target |= m
-            target &= ~ignore
+            target, ignore = reasonseg_masks(shapes, width, height, masks, path=path, rec=rec)
             if not target.any():
                 raise data_error(path, rec, "shapes", "no target polygon (every query of "
                                  "ReasonSeg refers to something)")
@@ -99,7 +167,7 @@ def reasonseg_records(root: str | Path, skips: Skips | None = None) -> Iterator[
             yield Record(id=f"reasonseg-{rec}-{q}", source="reasonseg", image=image,
                          expression=text.strip(), solution=solution,
                          kind="sentence" if ann.get("is_sentence") else "phrase",
-                         extra={"split": root.name})
+                         extra={"split": root.name, "mask_rule": masks})
 
 
 def segzero_records(root: str | Path, decoder, skips: Skips | None = None) -> Iterator[Record]:

@@ -11,6 +11,13 @@ A ref has `ref_id`, `image_id`, `split`, `sentences` (each with `sent`), and `an
 in gRefCOCO a list, `[-1]` with `no_target: true` for expressions that refer to nothing). One
 record per (ref, sentence): results per expression. Pickles are read with the restricted
 unpickler (plain containers only), image paths cannot leave the images folder.
+
+As the reference toolkits read them: polygons are rasterized by pycocotools on their raw
+vertices (COCO and REFER do not clip them first); gRefCOCO's crowd annotations (`iscrowd: 1`)
+are left out of the target, as the gRefCOCO API does (`crowd="keep"` keeps them), and a ref
+left with no annotation by that is an error; a COCO `bbox` [x, y, w, h] is clipped to the image
+on all four sides when it leaves it by at most a pixel, and is an error naming the file, the
+annotation and the field when it leaves it by more.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from rewards.solution import make_solution
+import numpy as np
+
+from rewards.solution import SolutionError, make_solution
 from rl.data.common import (
     DataError,
     Record,
@@ -56,11 +65,35 @@ def _ann_ids(ref: dict, refs_path, k) -> list[int]:
     return [a for a in ids if a != -1]
 
 
+def coco_box(bbox, width: int, height: int, *, source, record,
+             tolerance: float = 1.0) -> list[float]:
+    """A COCO `bbox` [x, y, w, h] as [x1, y1, x2, y2] pixels inside the image: clipped on all
+    four sides when it leaves the image by at most `tolerance` px, a DataError otherwise."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise data_error(source, record, "bbox", f"expected [x, y, w, h], got {bbox!r}") from None
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    if not (np.isfinite([x1, y1, x2, y2]).all() and w >= 0 and h >= 0):
+        raise data_error(source, record, "bbox", f"expected finite [x, y, w >= 0, h >= 0], got "
+                         f"{bbox!r}")
+    if (x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance
+            or y2 > height + tolerance):
+        raise data_error(source, record, "bbox", f"{list(bbox)} reaches ({x1:g}, {y1:g})–"
+                         f"({x2:g}, {y2:g}), outside the {width}x{height} image by more than "
+                         f"{tolerance:g} px")
+    return [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+            min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+
+
 def refer_records(root: str | Path, images_dir: str | Path, split: str | None = None,
                   split_by: str = "unc", dataset: str = "refcoco", grefs: bool = False,
-                  skips: Skips | None = None) -> Iterator[Record]:
+                  skips: Skips | None = None, crowd: str = "skip") -> Iterator[Record]:
     """Records of RefCOCO/+/g (`grefs=False`, `refs({split_by}).p`) or gRefCOCO
-    (`grefs=True`, `grefs({split_by}).json`), optionally of one split."""
+    (`grefs=True`, `grefs({split_by}).json`), optionally of one split. `crowd` ("skip" or
+    "keep"): gRefCOCO's crowd annotations (module doc)."""
+    if crowd not in ("skip", "keep"):
+        raise ValueError(f"crowd must be 'skip' or 'keep', got {crowd!r}")
     skips = skips if skips is not None else Skips()
     root, images_dir = Path(root), Path(images_dir)
     if grefs:
@@ -103,16 +136,23 @@ def refer_records(root: str | Path, images_dir: str | Path, split: str | None = 
                              record=f"image {image_id}", field_name="file_name")
             width, height = int(im["width"]), int(im["height"])
             masks, boxes = [], []
+            missing = [a for a in ids if a not in anns]
+            if missing:
+                raise data_error(refs_path, rec, "ann_id",
+                                 f"annotation {missing[0]} is not in instances.json")
+            if grefs and crowd == "skip":
+                kept = [a for a in ids if not anns[a].get("iscrowd", 0)]
+                if ids and not kept:
+                    raise data_error(refs_path, rec, "ann_id", f"every annotation {ids} is a "
+                                     "crowd annotation, which the gRefCOCO API leaves out: no "
+                                     "target is left (--grefcoco-crowd keep keeps them)")
+                ids = kept
             for a in ids:
-                if a not in anns:
-                    raise data_error(refs_path, rec, "ann_id",
-                                     f"annotation {a} is not in instances.json")
                 ann = anns[a]
-                masks.append(segmentation_to_mask(
-                    ann.get("segmentation"), width, height, source=root / "instances.json",
-                    record=f"annotation {a}", field_name="segmentation"))
-                x, y, w, h = ann["bbox"]
-                boxes.append([x, y, min(width, x + w), min(height, y + h)])
+                where = {"source": root / "instances.json", "record": f"annotation {a}"}
+                masks.append(segmentation_to_mask(ann.get("segmentation"), width, height,
+                                                  field_name="segmentation", **where))
+                boxes.append(coco_box(ann.get("bbox"), width, height, **where))
             sentences = ref.get("sentences")
             if not isinstance(sentences, list) or not sentences:
                 raise data_error(refs_path, rec, "sentences", "expected a non-empty list")
@@ -125,10 +165,13 @@ def refer_records(root: str | Path, images_dir: str | Path, split: str | None = 
                 raise data_error(refs_path, rec, "file_name",
                                  f"{path.name} is {image.shape[1]}x{image.shape[0]}, "
                                  f"instances.json says {width}x{height}")
+            try:
+                solution = make_solution(width, height, masks, boxes)
+            except SolutionError as e:
+                raise data_error(refs_path, rec, "ann_id", str(e)) from None
         except DataError as e:
             skips.skip(e.reason, e)
             continue
-        solution = make_solution(width, height, masks, boxes)
         for s, sent in enumerate(sentences):
             text = sent.get("sent") if isinstance(sent, dict) else None
             if not isinstance(text, str) or not text.strip():
