@@ -173,7 +173,7 @@ class Generator:
         return "".join(self.piece() for _ in range(n))
 
     def huge(self, valid: str) -> str:
-        """A completion of 10^4–3·10^5 characters."""
+        """A completion of about 10^4 to 4.5·10^5 characters."""
         rng = self.rng
         kind = rng.randrange(5)
         n = rng.randint(2_000, 30_000)
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=8, help="completions per scene (a GRPO group)")
     ap.add_argument("--grid", type=int, default=8, help="grid size of the vocabulary")
     ap.add_argument("--huge-every", type=int, default=2000,
-                    help="one completion in k (on average) is 10^4-3*10^5 characters (0: none)")
+                    help="one completion in k (on average) is 10^4-4.5*10^5 characters (0: none)")
     ap.add_argument("--max-seconds", type=float, default=0.1,
                     help="a single completion slower than this fails the run")
     args = ap.parse_args(argv)
