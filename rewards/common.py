@@ -16,7 +16,7 @@ import numpy as np
 from rewards.matching import Matching, match
 from rewards.solution import GroundTruth, SolutionCache
 from tokens.answer import Instance
-from tokens.codec import Codec, get_codec
+from tokens.codec import Codec
 from tokens.decoders import (
     MaskDecoder,
     Prompt,
@@ -25,6 +25,7 @@ from tokens.decoders import (
     image_key,
     resize_mask,
 )
+from tokens.registry import get_codec
 from tokens.vocab import SpatialVocab
 
 

@@ -134,7 +134,7 @@ class EvalConfig:
 class RunConfig:
     output_dir: str = "runs/default"
     seed: int = 0
-    # How answers write geometry (tokens.codec.CODECS): grid tokens, or a text representation
+    # How answers write geometry (tokens.registry.CODECS): grid tokens, or a text representation
     # of related work for ablations (text_norm, text_bins, anchor_offset_text, rle_text).
     # Refinement (stage 2) is specific to grid/offset tokens.
     codec: str = "grid"
@@ -230,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def check(cfg: RunConfig, where: str) -> None:
     """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
     wherever offset refinement is asked for."""
-    from tokens.codec import get_codec
+    from tokens.registry import get_codec
 
     try:
         get_codec(cfg.codec, **cfg.codec_params)

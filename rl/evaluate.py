@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
     from rl.data.__main__ import _decoder
     from rl.data.samples import load_prompts
     from rl.metrics import markdown_table, report
-    from tokens.codec import get_codec
+    from tokens.registry import get_codec
 
     torch.manual_seed(a.seed)
     processor = AutoProcessor.from_pretrained(a.model)

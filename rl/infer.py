@@ -94,8 +94,8 @@ class Grounder:
 
         from rl.config import checkpoint_settings
         from rl.data.samples import load_prompts
-        from tokens.codec import get_codec
         from tokens.decoders import build_decoder
+        from tokens.registry import get_codec
 
         self.model_dir = Path(model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir).eval()

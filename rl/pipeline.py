@@ -124,7 +124,7 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        from tokens.codec import get_codec
+        from tokens.registry import get_codec
 
         self.vocab = SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
                                   cfg.model.offset_step_cells)

@@ -1,4 +1,4 @@
-from tokens.bench import main
+from rl.bench.tokens import main
 
 
 def test_bench_prints_its_figures(capsys):

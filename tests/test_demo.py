@@ -1,6 +1,6 @@
 from PIL import Image
 
-from tokens.demo import main
+from rl.demo import main
 
 
 def test_demo_runs_offline_and_draws(tmp_path, capsys):

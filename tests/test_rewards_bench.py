@@ -1,4 +1,4 @@
-from rewards.bench import main
+from rl.bench.rewards import main
 
 
 def test_bench_prints_its_figures(capsys):

@@ -13,7 +13,7 @@ Importing this package loads no torch or transformers; `tokens.extend` does, whe
 """
 
 from tokens.answer import Instance, ParsedAnswer, sentences
-from tokens.codec import CODECS, Codec, GridCodec, get_codec
+from tokens.codec import Codec, GridCodec
 from tokens.refine import (
     OffsetLine,
     ParsedRefinement,
@@ -23,6 +23,7 @@ from tokens.refine import (
     refine_instances,
     serialize_refinement,
 )
+from tokens.registry import CODECS, get_codec
 from tokens.vocab import DEFAULT_VOCAB, DELETE_TOKEN, SpatialVocab
 
 

@@ -5,7 +5,7 @@ around the lines (`<think>`, `<answer>`, splitting, error collection) is shared,
 the data builders and the trainer see the same `ParsedAnswer` whatever the representation.
 
 To add a representation: subclass `Codec`, implement `new_tokens`, `format_instance` and
-`parse_line`, and register the class in `CODECS`.
+`parse_line`, and list the class in `tokens.registry.CODECS`.
 """
 
 from __future__ import annotations
@@ -222,24 +222,3 @@ class GridCodec(Codec):
             ok = False
         inst = Instance(box, points)
         return (None if inst.is_empty else inst), ok
-
-
-# The registry; `tokens.text_codecs` adds the text representations of related work.
-CODECS: dict[str, type[Codec]] = {"grid": GridCodec}
-
-
-def get_codec(name: str = "grid", vocab: SpatialVocab | None = None, **params) -> Codec:
-    """Build a registered codec by its config name. `vocab` goes to the codecs that use the
-    spatial vocabulary (grid); `params` are the codec's own (e.g. `decimals`, `bins`)."""
-    import tokens.text_codecs  # noqa: F401  (registers the text codecs)
-
-    try:
-        cls = CODECS[name]
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; known: {sorted(CODECS)}") from None
-    if cls.uses_vocab:
-        params = {"vocab": vocab or DEFAULT_VOCAB, **params}
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise ValueError(f"codec {name!r}: bad parameters {sorted(params)} ({e})") from None

@@ -25,7 +25,7 @@ from abc import abstractmethod
 import numpy as np
 
 from tokens.answer import Errors, Instance
-from tokens.codec import CODECS, Codec
+from tokens.codec import Codec
 
 # `[…]` and `(…)` groups, or any other run of non-space characters. Numbers are ASCII digits
 # (`[0-9]`, not `\d`, which also matches other scripts' digits), as in `tokens.vocab`.
@@ -348,7 +348,3 @@ class RleTextCodec(Codec):
             errors.add(f"no `{self.labels[1]}` cell")
             ok = False
         return inst, ok
-
-
-CODECS.update({c.name: c for c in (TextNormCodec, TextBinsCodec, AnchorOffsetCodec,
-                                   RleTextCodec)})

@@ -1,6 +1,6 @@
 """Benchmark of the spatial vocabulary: tokens per mask, conversion IoU, parse throughput.
 
-    python -m tokens.bench [--masks 300] [--size 224] [--grid-size 32] [--proposer slic]
+    python -m rl.bench.tokens [--masks 300] [--size 224] [--grid-size 32] [--proposer slic]
 
 Draws synthetic scenes, converts every object mask to grid tokens with the greedy conversion
 over weight-free proposals, and prints tokens per mask (against the baseline of listing every
@@ -10,7 +10,7 @@ The paper reports 8.7 tokens per mask at G = 32 with SAM proposals on natural im
 weight-free proposers on synthetic shapes are a different setting, so compare runs of this
 command with each other, not with that figure.
 
-    python -m tokens.bench --codecs grid,text_norm,text_bins,anchor_offset_text,rle_text
+    python -m rl.bench.tokens --codecs grid,text_norm,text_bins,anchor_offset_text,rle_text
 
 adds one row per codec: tokens per box and per mask as the tiny offline BPE tokenizer counts
 them (plus the codec's added tokens; a real model's tokenizer will count differently, compare
@@ -109,8 +109,8 @@ def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int 
     from rewards.matching import box_iou
     from rl.data.scenes import draw_scene
     from rl.models import build_tiny_tokenizer
-    from tokens.codec import get_codec
     from tokens.decoders import instance_masks
+    from tokens.registry import get_codec
 
     vocab = SpatialVocab(grid_size)
     prop, decoder = PROPOSERS[proposer](), RegionDecoder()
@@ -160,7 +160,7 @@ def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m tokens.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.bench.tokens", description=__doc__.split("\n")[0])
     p.add_argument("--masks", type=int, default=300)
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--grid-size", type=int, default=32)

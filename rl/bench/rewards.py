@@ -1,6 +1,6 @@
 """Benchmark of the stage-1 rewards on a GRPO-sized batch, naive versus as shipped.
 
-    python -m rewards.bench [--prompts 8] [--rollouts 8] [--size 512] [--variant tiny]
+    python -m rl.bench.rewards [--prompts 8] [--rollouts 8] [--size 512] [--variant tiny]
 
 A batch of `prompts` × `rollouts` completions (1–3 instances each, masks of size × size px) is
 scored by the `mask` reward with SAM (real architecture, random weights; the `tiny` encoder runs
@@ -203,7 +203,7 @@ def run(n_prompts=8, n_rollouts=8, size=512, variant="tiny", seed=0,
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m rewards.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.bench.rewards", description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--rollouts", type=int, default=8)
     p.add_argument("--size", type=int, default=512, help="image and mask side in pixels")

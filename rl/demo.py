@@ -1,6 +1,6 @@
 """End-to-end demo of the spatial vocabulary, offline, on a CPU, in about ten seconds.
 
-    python -m tokens.demo [--out runs/demo]
+    python -m rl.demo [--out runs/demo]
 
 1. builds a tiny Qwen2.5-VL with random weights and adds the 1034 spatial tokens to it;
 2. draws a synthetic scene and turns each object's mask into grid tokens (greedy conversion over
@@ -27,7 +27,7 @@ from tokens.vocab import SpatialVocab
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m tokens.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
