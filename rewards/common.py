@@ -18,6 +18,7 @@ from rewards.solution import GroundTruth, SolutionCache
 from tokens.answer import Instance
 from tokens.codec import Codec
 from tokens.decoders import (
+    MAX_PROMPT_POINTS,
     MaskDecoder,
     Prompt,
     as_image_array,
@@ -131,7 +132,8 @@ def shared_decoder(spec) -> MaskDecoder:
 
 
 def decode_masks(decoder: MaskDecoder, images: Sequence, instance_lists: Sequence[Sequence],
-                 frames: Sequence[tuple[int, int]], max_points: int = 64) -> list[list]:
+                 frames: Sequence[tuple[int, int]],
+                 max_points: int = MAX_PROMPT_POINTS) -> list[list]:
     """Masks of every instance of every row, in each row's ground-truth frame (W, H).
 
     Rows showing the same image (the G rollouts of a prompt) are decoded together: one

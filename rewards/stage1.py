@@ -25,6 +25,7 @@ from rewards.common import (
 )
 from rewards.matching import Matching
 from tokens import sentences
+from tokens.decoders import MAX_PROMPT_POINTS
 
 
 def _empty_score(m: Matching) -> float | None:
@@ -115,7 +116,8 @@ class MaskReward(Reward):
     name = "mask"
 
     def __init__(self, decoder="region", tiers: Sequence[Sequence[float]] = ((0.8, 1.0),
-                 (0.7, 0.75), (0.5, 0.5)), linear: bool = False, max_points: int = 64,
+                 (0.7, 0.75), (0.5, 0.5)), linear: bool = False,
+                 max_points: int = MAX_PROMPT_POINTS,
                  **kwargs):
         super().__init__(**kwargs)
         self.decoder = shared_decoder(decoder)

@@ -15,7 +15,7 @@ import numpy as np
 from rewards.common import Reward, column, decode_masks, iou_or_one, log, shared_decoder
 from rewards.matching import box_iou
 from tokens.answer import Instance
-from tokens.decoders import point_in_mask
+from tokens.decoders import MAX_PROMPT_POINTS, point_in_mask
 from tokens.refine import ParsedRefinement, parse_refinement, refine_instances
 
 
@@ -196,7 +196,7 @@ class MaskGainReward(_Stage2Reward):
     name = "mask_gain"
     value_range = (-1.0, 1.0)
 
-    def __init__(self, decoder="region", max_points: int = 64, **kwargs):
+    def __init__(self, decoder="region", max_points: int = MAX_PROMPT_POINTS, **kwargs):
         super().__init__(**kwargs)
         self.decoder = shared_decoder(decoder)
         self.max_points = max_points

@@ -120,7 +120,7 @@ def table_rows(results: list[dict]) -> list[dict]:
                **{k: m.get(k) for k, _ in ROW_METRICS},
                "parse_failures": m.get("parse_failures"), "samples": m.get("samples"),
                "answer_tokens_per_instance": m.get("answer_tokens_per_instance"),
-               "gIoU_by_stage": {s: ev[s]["gIoU"] for s in ("sft",) + STAGES[1:] if s in ev},
+               "gIoU_by_stage": {s: ev[s]["gIoU"] for s in STAGES if s in ev},
                "reused": r["reused"]}
         if m.get("gIoU") is not None and full_final.get("gIoU") is not None:
             row["delta_gIoU"] = m["gIoU"] - full_final["gIoU"]

@@ -9,8 +9,8 @@ expression and, for RefCOCO-style data with several expressions per object, per 
 `--out DIR` writes `metrics.json`, `metrics.md` (the table) and `predictions.jsonl`.
 
 Evaluation walks the path training walks: the same prompts, parser and mask decoder, so a
-number here and a reward there mean the same thing. Completions that do not parse are empty
-predictions (scored, never skipped).
+number here and a reward there mean the same thing. Completions that do not parse are scored
+on what can be read from them, never skipped.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rewards.solution import parse_solution
+from rl.context import RunContext
 from rl.data.samples import assistant_turn, user_turn
 from rl.metrics import SampleScore, score_sample, summarize
 from tokens import Instance, SpatialVocab, apply_refinement
-from tokens.codec import GridCodec
 from tokens.decoders import MaskDecoder, as_image_array, instance_masks
 
 
@@ -106,23 +106,33 @@ def _pil(image):
     return Image.fromarray(as_image_array(image))
 
 
-def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: SpatialVocab,
-            refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-            batch_size: int = 32, generator=None, codec=None) -> list[Prediction]:
-    """Propose, then refine `rounds` times: each round the conversation gains the last answer
-    and the refinement request, and the offsets move the current points.
+@dataclass
+class EvalSettings:
+    """How an evaluation generates: refinement `rounds` after the proposal, greedy decoding of
+    at most `max_new_tokens`, `batch_size` prompts at once; `generator` a callable
+    (conversations, images, max_new_tokens) -> texts, e.g. `VLLMGenerator` (None: the model,
+    with transformers)."""
 
-    generator: a callable (conversations, images, max_new_tokens) -> texts, e.g.
-    `VLLMGenerator`; None generates with `model` (transformers, batched). codec: how the
-    proposals are written (None: grid tokens of `vocab`); refinement needs grid tokens."""
-    codec = codec or GridCodec(vocab)
-    if rounds and codec.name != "grid":
+    rounds: int = 0
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    generator: Callable | None = None
+
+
+def predict(model, prompts: Sequence[list], images: Sequence, ctx: RunContext,
+            settings: EvalSettings) -> list[Prediction]:
+    """Propose, then refine `settings.rounds` times: each round the conversation gains the last
+    answer and the refinement request (`ctx.prompts["stage2"]`), and the offsets move the
+    current points. Proposals are read with `ctx.codec`; refinement needs grid tokens."""
+    codec, vocab = ctx.codec, ctx.vocab
+    if settings.rounds and codec.name != "grid":
         raise ValueError(f"refinement rounds need grid/offset tokens, not codec {codec.name!r}")
 
     def gen(convs, imgs):
-        if generator is not None:
-            return generator(convs, imgs, max_new_tokens)
-        return generate(model, processor, convs, imgs, max_new_tokens, batch_size)
+        if settings.generator is not None:
+            return settings.generator(convs, imgs, settings.max_new_tokens)
+        return generate(model, ctx.processor, convs, imgs, settings.max_new_tokens,
+                        settings.batch_size)
 
     first = gen(list(prompts), list(images))
     preds = []
@@ -130,11 +140,11 @@ def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: 
         ans = codec.parse_answer(text)
         preds.append(Prediction(text, [], ans.instances, ans.well_formed))
     convs = [list(p) + [assistant_turn(t)] for p, t in zip(prompts, first, strict=True)]
-    for _ in range(rounds):
+    for _ in range(settings.rounds):
         active = [k for k, p in enumerate(preds) if p.instances]
         if not active:
             break
-        asks = [convs[k] + [user_turn(refine_prompt)] for k in active]
+        asks = [convs[k] + [user_turn(ctx.prompts["stage2"])] for k in active]
         texts = gen(asks, [images[k] for k in active])
         for k, text in zip(active, texts, strict=True):
             preds[k].refinements.append(text)
@@ -147,11 +157,11 @@ def predict(model, processor, prompts: Sequence[list], images: Sequence, vocab: 
 def masks_for(decoder: MaskDecoder, image, instances: Sequence[Instance],
               frame: tuple[int, int]) -> np.ndarray:
     """Union of the instance masks, in the (W, H) `frame` of the ground truth: decoded from the
-    same prompts the mask rewards use (at most 64 distinct points), or upsampled from a coarse
-    mask the answer spelled out."""
+    same prompts the mask rewards use (at most MAX_PROMPT_POINTS distinct points), or upsampled
+    from a coarse mask the answer spelled out."""
     fw, fh = frame
     union = np.zeros((fh, fw), dtype=bool)
-    for m in instance_masks(decoder, image, instances, frame, max_points=64):
+    for m in instance_masks(decoder, image, instances, frame):
         union |= m
     return union
 
@@ -174,30 +184,23 @@ def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
     return out
 
 
-def predict_and_score(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
-                      refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-                      batch_size: int = 32, generator=None, codec=None
+def predict_and_score(model, rows, ctx: RunContext, settings: EvalSettings
                       ) -> tuple[list[Prediction], list[SampleScore]]:
     """Predictions and per-sample scores on GRPO-style rows (`prompt`, `image`, `solution`,
     and optionally `kind`, `instance`)."""
-    prompts = [r["prompt"] for r in rows]
     images = [r["image"] for r in rows]
-    preds = predict(model, processor, prompts, images, vocab, refine_prompt, rounds,
-                    max_new_tokens, batch_size, generator, codec)
-    scores = score(preds, images, [r["solution"] for r in rows], decoder,
+    preds = predict(model, [r["prompt"] for r in rows], images, ctx, settings)
+    scores = score(preds, images, [r["solution"] for r in rows], ctx.decoder(),
                    [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows])
     return preds, scores
 
 
-def evaluate_rows(model, processor, rows, decoder: MaskDecoder, vocab: SpatialVocab,
-                  refine_prompt: str, rounds: int = 0, max_new_tokens: int = 64,
-                  batch_size: int = 32, generator=None, codec=None
+def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
                   ) -> tuple[dict, list[Prediction]]:
     """Per-expression metrics of a model on GRPO-style rows, and its predictions."""
-    preds, scores = predict_and_score(model, processor, rows, decoder, vocab, refine_prompt,
-                                      rounds, max_new_tokens, batch_size, generator, codec)
+    preds, scores = predict_and_score(model, rows, ctx, settings)
     out = summarize(scores)
-    out["answer_tokens_per_instance"] = answer_tokens_per_instance(processor, preds)
+    out["answer_tokens_per_instance"] = answer_tokens_per_instance(ctx.processor, preds)
     return out, preds
 
 
@@ -253,7 +256,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from rl.config import checkpoint_settings
-    from rl.data.__main__ import _decoder
+    from rl.context import codec_spec, read_spec
     from rl.data.samples import load_prompts
     from rl.metrics import markdown_table, report
     from tokens.registry import get_codec
@@ -261,11 +264,11 @@ def main(argv=None) -> dict:
     torch.manual_seed(a.seed)
     processor = AutoProcessor.from_pretrained(a.model)
     vocab = SpatialVocab.load(a.model)
-    settings = checkpoint_settings(a.model)
-    prompts = load_prompts(a.prompts or settings["prompts"])
-    spec = (json.loads(a.codec) if a.codec.strip().startswith("{") else {"name": a.codec}) \
-        if a.codec else settings["codec"]
-    codec = get_codec(vocab=vocab, **spec)
+    trained = checkpoint_settings(a.model)
+    prompts = load_prompts(a.prompts or trained["prompts"])
+    spec = codec_spec(a.codec) if a.codec else trained["codec"]
+    ctx = RunContext(vocab=vocab, codec=get_codec(vocab=vocab, **spec),
+                     decoder_spec=read_spec(a.decoder), processor=processor, prompts=prompts)
     generator = VLLMGenerator(a.model, processor) if a.vllm else None
     model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(a.model).eval()
     rows, names = [], []
@@ -277,9 +280,8 @@ def main(argv=None) -> dict:
                 expression=r["expression"]), image=True)]} for r in part]
         rows += part
         names += [dataset_name(r, folder) for r in part]
-    preds, scores = predict_and_score(model, processor, rows, _decoder(a.decoder), vocab,
-                                      prompts["stage2"], a.rounds, a.max_new_tokens,
-                                      a.batch_size, generator, codec)
+    settings = EvalSettings(a.rounds, a.max_new_tokens, a.batch_size, generator)
+    preds, scores = predict_and_score(model, rows, ctx, settings)
     results = report(scores, names)
     results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
                     "codec": spec, "results": results}

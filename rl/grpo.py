@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rewards import REWARDS, STAGE1_REWARDS, STAGE2_REWARDS, build_reward
 from rl.config import GRPOStageConfig
-from rl.train_sft import lora_config, save_model, use_bf16, write_trainer_info
+from rl.context import RunContext
 from tokens import SpatialVocab
 
 # Parameters every reward takes; `decoder` and `max_points` only the mask-decoding ones.
@@ -54,12 +53,11 @@ def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
     return funcs, weights
 
 
-def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: SpatialVocab,
-             train_dataset, decoder, out_dir: Path, seed: int = 0, logging_steps: int = 10,
-             progress: bool = True, max_steps: int | None = None, save: bool = True,
-             codec=None, reference: str | Path | None = None):
-    """Train `model` with GRPO on `train_dataset` (image, prompt, solution[, stage1]).
-    Returns (the trained model, TRL's log history).
+def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model,
+                 train_dataset, max_steps: int | None = None,
+                 reference: str | Path | None = None):
+    """TRL's GRPOTrainer for one stage on `train_dataset` (image, prompt, solution[, stage1]),
+    with the stage's rewards, writing into `ctx.output_dir`.
 
     reference: the saved checkpoint of the policy this stage starts from, the KL reference.
     TRL builds its reference model from `model.config._name_or_path`, which for a model trained
@@ -67,34 +65,31 @@ def run_grpo(stage: GRPOStageConfig, stage_name: str, model, processor, vocab: S
     init, for a policy fresh from the cold start); it is pointed at `reference` here."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from rl.training import common_args, lora_config
+
     if reference is not None:
         if not (Path(reference) / "config.json").is_file():
             raise ValueError(f"{stage_name}: KL reference {reference} is not a saved checkpoint")
         model.config._name_or_path = str(reference)
-
-    funcs, weights = build_reward_funcs(stage, vocab, decoder, stage_name, codec)
+    funcs, weights = build_reward_funcs(stage, ctx.vocab, ctx.decoder_spec, stage_name,
+                                        ctx.codec)
     args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=max_steps or stage.max_steps,
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.gradient_accumulation_steps,
-        num_generations=stage.num_generations,
+        **common_args(stage, ctx, max_steps), num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length, temperature=stage.temperature,
-        beta=stage.beta, loss_type=stage.loss_type, learning_rate=stage.learning_rate,
-        weight_decay=stage.weight_decay, reward_weights=weights, logging_steps=logging_steps,
-        report_to=[], save_strategy="no", seed=seed, bf16=use_bf16(),
-        disable_tqdm=not progress, use_vllm=stage.use_vllm,
-        **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}), **stage.extra_args)
+        beta=stage.beta, loss_type=stage.loss_type, reward_weights=weights,
+        use_vllm=stage.use_vllm, **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}),
+        **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args,
-                          train_dataset=train_dataset, processing_class=processor,
-                          peft_config=peft_config)
-    trainer.train()
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    if save and trainer.accelerator.is_main_process:
-        save_model(trainer.accelerator.unwrap_model(model), processor, vocab, out_dir)
-        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
-        write_trainer_info(trainer, out_dir)
-    trainer.accelerator.wait_for_everyone()
-    return model, trainer.state.log_history
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                       processing_class=ctx.processor, peft_config=peft_config)
+
+
+def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, train_dataset,
+             max_steps: int | None = None, save: bool = True,
+             reference: str | Path | None = None):
+    """Train `model` with GRPO (see `grpo_trainer`); save to `ctx.output_dir` when `save`.
+    Returns (the trained model, TRL's log history)."""
+    from rl.training import train_and_save
+
+    trainer = grpo_trainer(stage, stage_name, ctx, model, train_dataset, max_steps, reference)
+    return train_and_save(trainer, ctx, merge=bool(stage.lora), save=save)

@@ -93,6 +93,7 @@ class Grounder:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from rl.config import checkpoint_settings
+        from rl.context import RunContext, codec_spec
         from rl.data.samples import load_prompts
         from tokens.decoders import build_decoder
         from tokens.registry import get_codec
@@ -105,11 +106,11 @@ class Grounder:
         self.vocab = SpatialVocab.load(self.model_dir)
         settings = checkpoint_settings(self.model_dir)
         self.prompts = load_prompts(prompts or settings["prompts"])
-        spec = codec or settings["codec"]
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        self.codec = get_codec(vocab=self.vocab, **spec)
+        self.codec = get_codec(vocab=self.vocab, **codec_spec(codec or settings["codec"]))
         self.decoder = build_decoder(decoder) if isinstance(decoder, str | dict) else decoder
         self.max_new_tokens = max_new_tokens
+        self.ctx = RunContext(vocab=self.vocab, codec=self.codec, decoder_spec=self.decoder,
+                              processor=self.processor, prompts=self.prompts)
 
     def __call__(self, image, query: str, rounds: int = 1) -> InferenceResult:
         """Propose, refine `rounds` times, decode: the result for one image and query."""
@@ -120,14 +121,14 @@ class Grounder:
         """The model's texts: the grid-token proposal, then one offset answer per round
         (fewer when a round leaves no instance to refine)."""
         from rl.data.samples import user_turn
-        from rl.evaluate import predict
+        from rl.evaluate import EvalSettings, predict
 
         question = self.prompts["stage1"].format(expression=query)
         if self.codec.name != "grid":
             rounds = 0  # refinement is written in offset tokens only
-        pred = predict(self.model, self.processor, [[user_turn(question, image=True)]],
-                       [_load_image(image)], self.vocab, self.prompts["stage2"], rounds,
-                       self.max_new_tokens, 1, codec=self.codec)[0]
+        settings = EvalSettings(rounds, self.max_new_tokens, batch_size=1)
+        pred = predict(self.model, [[user_turn(question, image=True)]], [_load_image(image)],
+                       self.ctx, settings)[0]
         return [pred.stage1, *pred.refinements]
 
     def result(self, image, query: str, answers: list[str]) -> InferenceResult:
@@ -145,7 +146,7 @@ class Grounder:
             moves.append(m)
             deleted.append(d)
             instances = apply_refinement(instances, text, self.vocab)
-        masks = instance_masks(self.decoder, arr, instances, max_points=64)
+        masks = instance_masks(self.decoder, arr, instances)
         return InferenceResult(arr, query, list(answers),
                                [SPATIAL_TOKEN_RE.findall(a) for a in answers], instances, masks,
                                moves, deleted, proposed)
@@ -193,9 +194,10 @@ def main(argv=None) -> InferenceResult:
     p.add_argument("--out", default="prediction.png", help="the picture to write")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
-    decoder = json.loads(a.decoder) if a.decoder.strip().startswith("{") else a.decoder
-    codec = json.loads(a.codec) if a.codec and a.codec.strip().startswith("{") else a.codec
-    g = Grounder(a.model, decoder, a.prompts, a.max_new_tokens, codec=codec)
+    from rl.context import read_spec
+
+    g = Grounder(a.model, read_spec(a.decoder), a.prompts, a.max_new_tokens,
+                 codec=read_spec(a.codec))
     result = g(a.image, a.query, a.rounds)
     g.draw(result, a.out)
     info = result.to_json()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rl.config import STAGES, RunConfig, differences, load_config, stage_key, to_dict
+from rl.context import RunContext
 
 
 class RecipeMismatch(ValueError):
@@ -90,7 +91,7 @@ def set_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _records(cfg: RunConfig, split: str):
+def records(cfg: RunConfig, split: str):
     """Training or held-out records: synthetic (held-out scenes use another seed) or rows from
     `python -m rl.data --build rows`."""
     from rl.data.common import Record
@@ -118,34 +119,29 @@ class Pipeline:
     """Runs the stages of a RunConfig; `run()` returns the metrics written to metrics.json."""
 
     def __init__(self, cfg: RunConfig):
-        from rl.data.samples import load_prompts
-        from tokens import SpatialVocab
-
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        from tokens.registry import get_codec
-
-        self.vocab = SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
-                                  cfg.model.offset_step_cells)
-        self.codec = get_codec(cfg.codec, vocab=self.vocab, **cfg.codec_params)
-        self.prompts = load_prompts(cfg.data.prompts)
+        # The processor joins the context once the starting model exists (`run`).
+        self.ctx = RunContext.from_config(cfg, processor=None)
+        self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
 
     # ---- pieces ---------------------------------------------------------------------------
     def decoder(self):
-        from rewards.common import shared_decoder
+        return self.ctx.decoder()
 
-        return shared_decoder(self.cfg.data.decoder)
+    def stage_context(self, name: str) -> RunContext:
+        """The run context of stage `name`: it writes into `output_dir/name`."""
+        return self.ctx.with_output(self.out / name)
 
-    def evaluate(self, name: str, model, processor, rounds: int = 0) -> dict:
-        from rl.evaluate import evaluate_rows
+    def evaluate(self, name: str, model, rounds: int = 0) -> dict:
+        from rl.evaluate import EvalSettings, evaluate_rows
 
         t0 = time.perf_counter()
         model.eval()
-        m, preds = evaluate_rows(model, processor, self.eval_rows, self.decoder(), self.vocab,
-                                 self.prompts["stage2"], rounds, self.cfg.eval.max_new_tokens,
-                                 self.cfg.eval.batch_size, codec=self.codec)
+        settings = EvalSettings(rounds, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
+        m, preds = evaluate_rows(model, self.eval_rows, self.ctx, settings)
         m["refinement_rounds"] = rounds
         self.metrics["evaluation"][name] = m
         self.last_predictions = preds
@@ -190,7 +186,7 @@ class Pipeline:
         self.metrics["rewards"][name] = out
         return out
 
-    def _stage(self, name: str, train, model, current: Path, processor, rounds: int = 0):
+    def _stage(self, name: str, train, model, current: Path, rounds: int = 0):
         """Run stage `name` unless an earlier run finished it: `train(model)` returns the
         trained model and its log; then reward plots (GRPO), evaluation, `stage.json` and
         metrics. Returns the model in memory, or None when the stage was taken back."""
@@ -206,7 +202,7 @@ class Pipeline:
             self.reward_summary(name, hist)
             plot_rewards(hist, self.out / "plots", name)
         if self.cfg.eval.enabled:
-            self.evaluate(name, model, processor, rounds=rounds)
+            self.evaluate(name, model, rounds=rounds)
         self.finish_stage(name, hist, time.perf_counter() - t0)
         self._save_metrics()
         return model
@@ -230,20 +226,20 @@ class Pipeline:
         write_json(self.out / "config.json", to_dict(cfg), indent=2, default=str)
         init_dir = prepare_model(cfg.model, self.out, cfg.seed)
         log(f"model with the spatial vocabulary: {init_dir}")
-        train = _records(cfg, "train")
-        held_out = _records(cfg, "eval")
+        train = records(cfg, "train")
+        held_out = records(cfg, "eval")
         build = BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
                             refinement=cfg.sft.refinement,
                             n_points=cfg.sft.refinement_points, seed=cfg.seed)
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
             f"({cfg.data.source})")
-        processor = AutoProcessor.from_pretrained(init_dir)
+        self.ctx.processor = AutoProcessor.from_pretrained(init_dir)
         model, current = None, init_dir
 
         if cfg.eval.enabled and "untrained" not in self._done_evals():
             model = load_model(init_dir, cfg.model)
-            self.evaluate("untrained", model, processor)
+            self.evaluate("untrained", model)
             self._save_metrics()
 
         # -- cold start
@@ -255,10 +251,9 @@ class Pipeline:
                 rows = list(build_sft(train, self.decoder(), self.prompts, build))
                 ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
                 log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
-                return run_sft(sft, model, processor, self.vocab, ds, self.out / "sft", cfg.seed,
-                               cfg.logging_steps, cfg.progress_bars)
+                return run_sft(sft, self.stage_context("sft"), model, ds)
 
-            model = self._stage("sft", train_sft, model, current, processor)
+            model = self._stage("sft", train_sft, model, current)
             current = self.out / "sft"
 
         # -- GRPO stage 1
@@ -270,34 +265,32 @@ class Pipeline:
                 ds = Dataset.from_list(grpo_rows).select_columns(["image", "prompt", "solution"])
                 log(f"grpo_stage1: {len(ds)} prompts, {s1.max_steps} steps, "
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
-                return run_grpo(s1, "grpo_stage1", model, processor, self.vocab, ds,
-                                cfg.data.decoder, self.out / "grpo_stage1", cfg.seed,
-                                cfg.logging_steps, cfg.progress_bars, codec=self.codec,
+                return run_grpo(s1, "grpo_stage1", self.stage_context("grpo_stage1"), model, ds,
                                 reference=reference)
 
-            model = self._stage("grpo_stage1", train_stage1, model, current, processor)
+            model = self._stage("grpo_stage1", train_stage1, model, current)
             current = self.out / "grpo_stage1"
 
         # -- GRPO stage 2
         s2 = cfg.grpo_stage2
         if s2.enabled:
             def train_stage2(model, reference=current):
-                return self._stage2(model, processor, grpo_rows[: s2.n_prompts or len(grpo_rows)],
+                return self._stage2(model, grpo_rows[: s2.n_prompts or len(grpo_rows)],
                                     reference=reference)
 
-            model = self._stage("grpo_stage2", train_stage2, model, current, processor,
+            model = self._stage("grpo_stage2", train_stage2, model, current,
                                 rounds=cfg.eval.rounds)
             current = self.out / "grpo_stage2"
 
         if cfg.eval.enabled and cfg.eval.pictures:
-            self._pictures(current, processor)
+            self._pictures()
         self.metrics["seconds"]["total"] = time.perf_counter() - t_start
         self.metrics["final_checkpoint"] = str(current)
         self._save_metrics()
         self._report()
         return self.metrics
 
-    def _stage2(self, model, processor, rows, reference) -> tuple:
+    def _stage2(self, model, rows, reference) -> tuple:
         """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train.
         Every round keeps the KL reference at `reference`, the policy stage 2 started from."""
         from datasets import Dataset
@@ -313,7 +306,7 @@ class Pipeline:
         while done_steps < s2.max_steps:
             steps = min(every, s2.max_steps - done_steps)
             model.eval()
-            answers = generate(model, processor, [r["prompt"] for r in rows],
+            answers = generate(model, self.ctx.processor, [r["prompt"] for r in rows],
                                [r["image"] for r in rows], s2.max_completion_length,
                                cfg.eval.batch_size)
             with_instances = sum(bool(self._instances(a)) for a in answers)
@@ -322,9 +315,9 @@ class Pipeline:
             ds = Dataset.from_list(list(build_grpo_stage2(rows, answers, self.prompts)))
             ds = ds.select_columns(["image", "prompt", "solution", "stage1"])
             last = done_steps + steps >= s2.max_steps
-            model, hist = run_grpo(s2, "grpo_stage2", model, processor, self.vocab, ds,
-                                   cfg.data.decoder, self.out / "grpo_stage2", cfg.seed + round_no,
-                                   cfg.logging_steps, cfg.progress_bars, max_steps=steps,
+            ctx = self.stage_context("grpo_stage2").with_output(self.out / "grpo_stage2",
+                                                                seed=cfg.seed + round_no)
+            model, hist = run_grpo(s2, "grpo_stage2", ctx, model, ds, max_steps=steps,
                                    save=last, reference=reference)
             history += [{**e, "step": e.get("step", 0) + done_steps} for e in hist]
             done_steps += steps
@@ -341,7 +334,7 @@ class Pipeline:
             self.metrics["evaluation"].update(prev.get("evaluation", {}))
         return set(self.metrics["evaluation"])
 
-    def _pictures(self, checkpoint: Path, processor) -> None:
+    def _pictures(self) -> None:
         from rl.evaluate import masks_for
         from rl.visualize import draw_prediction, refinement_marks
 
@@ -367,7 +360,7 @@ class Pipeline:
 
     def _report(self) -> None:
         ev = self.metrics["evaluation"]
-        order = [s for s in ("untrained", "sft", "grpo_stage1", "grpo_stage2") if s in ev]
+        order = [s for s in ("untrained",) + STAGES if s in ev]
         log("held-out gIoU: " + " -> ".join(f"{s} {ev[s]['gIoU']:.3f}" for s in order))
         r1 = self.metrics["rewards"].get("grpo_stage1", {}).get("reward")
         if r1:

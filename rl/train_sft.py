@@ -13,7 +13,6 @@ synced to vLLM); the adapter is merged before model, tokenizer and processor are
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,75 +23,28 @@ if __package__ in (None, ""):  # `accelerate launch rl/train_sft.py` runs this f
 from rl.config import RunConfig, SFTStageConfig, load_config  # noqa: E402
 
 
-def use_bf16() -> bool:
-    """bf16 on CUDA; fp32 on CPUs, where bf16 is several times slower."""
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def lora_config(lora: dict, train_new_rows: bool):
-    from peft import LoraConfig
-
-    from rl.config import LoraConfig as Schema
-    from rl.config import _build
-
-    spec = _build(Schema, lora, "lora")
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type="CAUSAL_LM",
-                      modules_to_save=["embed_tokens", "lm_head"] if train_new_rows else None)
-
-
-def write_trainer_info(trainer, out_dir: Path) -> None:
-    """Record how the trainer ran (distributed type, DeepSpeed stage, processes)."""
-    acc = trainer.accelerator
-    ds = getattr(acc.state, "deepspeed_plugin", None)
-    info = {"distributed_type": str(acc.distributed_type), "num_processes": acc.num_processes,
-            "deepspeed": bool(trainer.is_deepspeed_enabled),
-            "zero_stage": ds.zero_stage if ds is not None else None,
-            "device": str(acc.device)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "trainer_info.json").write_text(json.dumps(info, indent=2))
-
-
-def save_model(model, processor, vocab, out_dir: Path) -> None:
-    from tokens.extend import check_vocab_consistency
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_vocab_consistency(model, getattr(processor, "tokenizer", processor))
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    vocab.save(out_dir)
-
-
-def run_sft(stage: SFTStageConfig, model, processor, vocab, train_dataset, out_dir: Path,
-            seed: int = 0, logging_steps: int = 10, progress: bool = True):
-    """Train `model` on `train_dataset` (image, prompt, completion); save to `out_dir`.
-    Returns (the trained model, TRL's log history)."""
+def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int | None = None):
+    """TRL's SFTTrainer for `model` on `train_dataset` (image, prompt, completion), writing into
+    `ctx.output_dir` (a `rl.context.RunContext`)."""
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=stage.max_steps,
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.gradient_accumulation_steps,
-        learning_rate=stage.learning_rate, weight_decay=stage.weight_decay,
-        warmup_steps=stage.warmup_steps, lr_scheduler_type=stage.lr_scheduler_type,
-        logging_steps=logging_steps, report_to=[], save_strategy="no", seed=seed,
-        bf16=use_bf16(), max_length=None, disable_tqdm=not progress,
-        dataloader_num_workers=0, **stage.extra_args)
+    from rl.training import common_args, lora_config
+
+    args = SFTConfig(**common_args(stage, ctx, max_steps), warmup_steps=stage.warmup_steps,
+                     lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
+                     dataloader_num_workers=0, **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=True) if stage.lora else None
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset,
-                         processing_class=processor, peft_config=peft_config)
-    trainer.train()
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        save_model(trainer.accelerator.unwrap_model(model), processor, vocab, out_dir)
-        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
-        write_trainer_info(trainer, out_dir)
-    trainer.accelerator.wait_for_everyone()
-    return model, trainer.state.log_history
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset,
+                      processing_class=ctx.processor, peft_config=peft_config)
+
+
+def run_sft(stage: SFTStageConfig, ctx, model, train_dataset):
+    """Train `model` on `train_dataset` (image, prompt, completion); save to `ctx.output_dir`.
+    Returns (the trained model, TRL's log history)."""
+    from rl.training import train_and_save
+
+    trainer = sft_trainer(stage, ctx, model, train_dataset)
+    return train_and_save(trainer, ctx, merge=bool(stage.lora))
 
 
 def main(argv=None):
@@ -106,15 +58,17 @@ def main(argv=None):
     from datasets import load_from_disk
     from transformers import AutoProcessor
 
+    from rl.context import RunContext
     from rl.models import load_model
     from tokens import SpatialVocab
 
     cfg: RunConfig = load_config(a.config)
     model = load_model(a.model, cfg.model)
     processor = AutoProcessor.from_pretrained(a.model)
+    ctx = RunContext.from_config(cfg, processor).with_output(a.out,
+                                                             vocab=SpatialVocab.load(a.model))
     ds = load_from_disk(a.data).select_columns(["image", "prompt", "completion"])
-    run_sft(cfg.sft, model, processor, SpatialVocab.load(a.model), ds, Path(a.out), cfg.seed,
-            cfg.logging_steps, cfg.progress_bars)
+    run_sft(cfg.sft, ctx, model, ds)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 import numpy as np
 
+from rl.context import RunContext
 from rl.data.referring import synthetic_records
 from rl.data.samples import BuildConfig, build_grpo_stage1, load_prompts
-from rl.evaluate import Prediction, evaluate_rows, score
-from tokens import Instance, SpatialVocab
+from rl.evaluate import EvalSettings, Prediction, evaluate_rows, score
+from tokens import GridCodec, Instance, SpatialVocab
 from tokens.decoders import RegionDecoder
 
 
@@ -33,10 +34,12 @@ def test_evaluating_twice_gives_identical_numbers(grid8_model):
     v = SpatialVocab(8)
     rows = list(build_grpo_stage1(synthetic_records(6, seed=2), load_prompts(),
                                   BuildConfig(vocab=v)))
-    a, pa = evaluate_rows(model, proc, rows, RegionDecoder(), v, "Refine.", rounds=1,
-                          max_new_tokens=12, batch_size=4)
-    b, pb = evaluate_rows(model, proc, rows, RegionDecoder(), v, "Refine.", rounds=1,
-                          max_new_tokens=12, batch_size=3)
+    ctx = RunContext(vocab=v, codec=GridCodec(v), decoder_spec=RegionDecoder(), processor=proc,
+                     prompts={"stage2": "Refine."})
+    a, pa = evaluate_rows(model, rows, ctx, EvalSettings(rounds=1, max_new_tokens=12,
+                                                         batch_size=4))
+    b, pb = evaluate_rows(model, rows, ctx, EvalSettings(rounds=1, max_new_tokens=12,
+                                                         batch_size=3))
     assert a == b and [p.stage1 for p in pa] == [p.stage1 for p in pb]
     assert a["samples"] == 6 and a["parse_failures"] == 6  # untrained: scored, not skipped
     assert np.isclose(a["gIoU"], np.mean([0.0] * 6)) or a["no_target_samples"] > 0

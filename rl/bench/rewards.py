@@ -203,7 +203,8 @@ def run(n_prompts=8, n_rollouts=8, size=512, variant="tiny", seed=0,
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m rl.bench.rewards", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.bench.rewards",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--rollouts", type=int, default=8)
     p.add_argument("--size", type=int, default=512, help="image and mask side in pixels")

@@ -160,7 +160,8 @@ def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m rl.bench.tokens", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.bench.tokens",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--masks", type=int, default=300)
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--grid-size", type=int, default=32)

@@ -69,10 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _decoder(spec: str):
+    from rl.context import read_spec
     from tokens.decoders import build_decoder
 
     spec = spec.strip()
-    return build_decoder(json.loads(spec) if spec.startswith("{") else spec)
+    return build_decoder(read_spec(spec))
 
 
 def records_for(args, skips):

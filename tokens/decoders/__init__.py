@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tokens.decoders.base import (
+    MAX_PROMPT_POINTS,
     EmbeddingCache,
     MaskDecoder,
     MaskProposals,
@@ -56,6 +57,7 @@ def build_decoder(spec: str | Mapping | MaskDecoder) -> MaskDecoder:
 
 __all__ = [
     "DECODERS",
+    "MAX_PROMPT_POINTS",
     "EmbeddingCache",
     "MaskDecoder",
     "MaskProposals",

@@ -53,6 +53,11 @@ class MaskProposer(Protocol):
     def propose(self, image_hw3: np.ndarray, vocab: SpatialVocab) -> MaskProposals: ...
 
 
+
+# The most distinct points a decoder prompt keeps (in order); every caller uses this cap, so a
+# reward and the evaluation decode the same mask from the same answer.
+MAX_PROMPT_POINTS = 64
+
 def grid_points_px(vocab: SpatialVocab, width: int, height: int) -> tuple[np.ndarray, list]:
     """Pixel coordinates (G², 2) as (x, y) of every cell centre, and the cells in the same
     order (column-major, the order of `vocab.grid_tokens()`)."""
@@ -81,7 +86,7 @@ def resize_mask(mask_hw: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def instance_masks(decoder, image, instances, frame: tuple[int, int] | None = None,
-                   max_points: int = 64) -> list[np.ndarray]:
+                   max_points: int = MAX_PROMPT_POINTS) -> list[np.ndarray]:
     """One mask per parsed instance, in the (W, H) `frame` (default: the image's). An instance
     that spells out its own coarse mask (`Instance.coarse`) is upsampled; the others are
     decoded from their box and points (at most `max_points` distinct points), in one call."""

@@ -1,0 +1,234 @@
+"""How close a training step is to the model's own cost, for a recipe (default: the default run).
+
+    python -m rl.bench.training [--config configs/default.yaml] [--sft-steps 60] [--grpo-steps 12]
+
+Prints, measured in one run on this machine:
+- SFT: seconds per step and samples per second of TRL's SFTTrainer on the recipe's cold-start
+  data; the part of a step spent building the batch (reading rows, the processor, the chat
+  template, TRL's collator); the bare model's step on the same collated batch (forward with full
+  logits, cross-entropy on the completion tokens, backward, AdamW): the floor; and their ratio.
+- GRPO stage 1: seconds per step of TRL's GRPOTrainer split into generation, reward, the
+  reference/old log-probabilities, and loss/backward/optimizer; the bare model's step on the
+  same prompt+completion batch (forward, per-token log-probabilities of the completion, a
+  policy-gradient loss, backward, AdamW); and the ratio of the loss/backward part to it.
+
+Ratios, not seconds, are what compare across machines. Nothing here is a test: the figures are
+printed, and the README quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _model_inputs(batch: dict) -> dict:
+    """What the model's forward takes from a collated batch (no labels or masks of the loss)."""
+    drop = {"labels", "completion_mask", "assistant_masks"}
+    return {k: v for k, v in batch.items() if k not in drop}
+
+
+def bare_sft_step(model, batch: dict, lr: float):
+    """One plain step on a collated SFT batch: full logits, cross-entropy, backward, AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    inputs, labels = _model_inputs(batch), batch["labels"]
+
+    def step():
+        logits = model(**inputs, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bare_grpo_step(model, inputs: dict, lr: float):
+    """One plain policy-gradient step on GRPO's prompt+completion batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    n = inputs["completion_ids"].shape[1]
+    extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    adv = inputs["advantages"]
+
+    def step():
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        logps = torch.log_softmax(logits[:, -n - 1:-1], dim=-1)
+        token = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        cm = inputs["completion_mask"]
+        loss = -((token * adv.unsqueeze(1)) * cm).sum() / cm.sum().clamp(min=1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+class _Timer:
+    """Wraps methods of an object and adds up the seconds spent in each."""
+
+    def __init__(self, obj, names):
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.calls = dict.fromkeys(names, 0)
+        self.last = {}
+        for name in names:
+            original = getattr(obj, name)
+
+            def timed(*a, _name=name, _f=original, **k):
+                t0 = time.perf_counter()
+                out = _f(*a, **k)
+                self.seconds[_name] += time.perf_counter() - t0
+                self.calls[_name] += 1
+                self.last[_name] = out
+                return out
+
+            setattr(obj, name, timed)
+
+
+def setup(config: str | None, out: Path, n_train: int):
+    """The recipe's starting model, processor, run context and training rows (`n_train`)."""
+    from transformers import AutoProcessor
+
+    from rl.config import load_config
+    from rl.context import RunContext
+    from rl.data.samples import BuildConfig, build_grpo_stage1, build_sft
+    from rl.models import prepare_model
+    from rl.pipeline import records, set_cpu_threads
+
+    cfg = load_config(config, {"output_dir": str(out), "progress_bars": False,
+                               "logging_steps": 1000, "data": {"n_train": n_train}})
+    set_cpu_threads(cfg.cpu_threads)
+    init = prepare_model(cfg.model, out, cfg.seed)
+    processor = AutoProcessor.from_pretrained(init)
+    ctx = RunContext.from_config(cfg, processor)
+    train = records(cfg, "train")
+    build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec, min_iou=cfg.data.min_iou,
+                        refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
+                        seed=cfg.seed)
+    sft_rows = list(build_sft(train, ctx.decoder(), ctx.prompts, build))
+    grpo_rows = list(build_grpo_stage1(train, ctx.prompts, build))
+    return cfg, init, ctx, sft_rows, grpo_rows
+
+
+def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
+    from datasets import Dataset
+
+    from rl.models import load_model
+    from rl.train_sft import sft_trainer
+
+    ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
+    model = load_model(init, cfg.model)
+    trainer = sft_trainer(cfg.sft, ctx.with_output(ctx.output_dir / "bench_sft"), model, ds,
+                          max_steps=steps)
+    loader_timer = _Timer(trainer, ["get_batch_samples", "training_step"])
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
+    per_step = total / steps
+    batch_n = cfg.sft.batch_size
+
+    # The floor: the bare model on one batch the trainer's own collator builds.
+    train_ds = trainer.train_dataset
+    batch = trainer.data_collator([train_ds[i] for i in range(batch_n)])
+    floor_model = load_model(init, cfg.model).train()
+    floor = _median_time(bare_sft_step(floor_model, batch, cfg.sft.learning_rate), repeats=20)
+    collate = _median_time(lambda: trainer.data_collator([train_ds[i] for i in range(batch_n)]),
+                           repeats=10)
+    return {"s_per_step": per_step, "samples_per_s": batch_n / per_step,
+            "batch_s_per_step": loader_timer.seconds["get_batch_samples"] / steps,
+            "train_step_s": loader_timer.seconds["training_step"] / steps,
+            "collate_s": collate, "floor_s": floor, "ratio": per_step / floor,
+            "tokens_per_batch": list(batch["input_ids"].shape)}
+
+
+def bench_grpo(cfg, init, ctx, rows, steps: int) -> dict:
+    from datasets import Dataset
+
+    from rl.grpo import grpo_trainer
+    from rl.models import load_model
+
+    stage = cfg.grpo_stage1
+    ds = Dataset.from_list(rows[: stage.n_prompts or len(rows)]).select_columns(
+        ["image", "prompt", "solution"])
+    model = load_model(init, cfg.model)
+    trainer = grpo_trainer(stage, "grpo_stage1", ctx.with_output(ctx.output_dir / "bench_grpo"),
+                           model, ds, max_steps=steps, reference=init)
+    names = ["training_step", "_generate_and_score_completions", "_generate",
+             "_calculate_rewards"]
+    timer = _Timer(trainer, names)
+    trainer.train()
+    s = {k: v / steps for k, v in timer.seconds.items()}
+    gen, reward = s["_generate"], s["_calculate_rewards"]
+    scoring = s["_generate_and_score_completions"] - gen - reward
+    loss = s["training_step"] - s["_generate_and_score_completions"]
+    inputs = timer.last["_generate_and_score_completions"]
+    floor_model = load_model(init, cfg.model).train()
+    floor = _median_time(bare_grpo_step(floor_model, inputs, stage.learning_rate), repeats=20)
+    return {"s_per_step": s["training_step"], "steps_per_s": 1 / s["training_step"],
+            "generation_s": gen, "reward_s": reward, "logps_s": scoring,
+            "loss_backward_s": loss, "floor_s": floor, "loss_ratio": loss / floor,
+            "completions_per_step": stage.batch_size}
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="python -m rl.bench.training",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="recipe YAML (default: configs/default.yaml)")
+    p.add_argument("--sft-steps", type=int, default=60)
+    p.add_argument("--grpo-steps", type=int, default=12)
+    p.add_argument("--n-train", type=int, default=400, help="training records to build")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    a = p.parse_args(argv)
+    if a.config is None:
+        a.config = str(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, init, ctx, sft_rows, grpo_rows = setup(a.config, Path(tmp), a.n_train)
+        sft = bench_sft(cfg, init, ctx, sft_rows, a.sft_steps)
+        grpo = bench_grpo(cfg, init, ctx, grpo_rows, a.grpo_steps)
+    threads = torch.get_num_threads()
+    print(f"recipe {a.config}, {threads} torch threads")
+    print(f"SFT ({a.sft_steps} steps, batch {cfg.sft.batch_size}, {sft['tokens_per_batch']} "
+          f"tokens): {sft['s_per_step'] * 1000:.0f} ms/step, {sft['samples_per_s']:.1f} samples/s")
+    print(f"  building the batch {sft['batch_s_per_step'] * 1000:.0f} ms (collator alone "
+          f"{sft['collate_s'] * 1000:.0f} ms), trainer step {sft['train_step_s'] * 1000:.0f} ms")
+    print(f"  bare model step on the same batch: {sft['floor_s'] * 1000:.0f} ms; "
+          f"SFT step / bare step = {sft['ratio']:.2f}")
+    print(f"GRPO stage 1 ({a.grpo_steps} steps, {grpo['completions_per_step']} completions): "
+          f"{grpo['s_per_step'] * 1000:.0f} ms/step, {grpo['steps_per_s']:.2f} steps/s")
+    print(f"  generation {grpo['generation_s'] * 1000:.0f} ms, reward "
+          f"{grpo['reward_s'] * 1000:.0f} ms, reference/old log-probs "
+          f"{grpo['logps_s'] * 1000:.0f} ms, loss/backward/optimizer "
+          f"{grpo['loss_backward_s'] * 1000:.0f} ms")
+    print(f"  bare model step on the same batch: {grpo['floor_s'] * 1000:.0f} ms; "
+          f"loss/backward / bare step = {grpo['loss_ratio']:.2f}")
+    result = {"config": a.config, "threads": threads, "sft": sft, "grpo_stage1": grpo}
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

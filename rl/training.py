@@ -1,0 +1,80 @@
+"""What the SFT and GRPO trainers share: precision, LoRA, and the end of training (merge the
+adapter, save model + processor + vocabulary, log history, how the trainer ran)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rl.context import RunContext
+
+
+def use_bf16() -> bool:
+    """bf16 on CUDA; fp32 on CPUs, where bf16 is several times slower."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:
+    """The TRL config arguments every stage sets the same way."""
+    return dict(
+        output_dir=str(ctx.output_dir / "trainer"), max_steps=max_steps or stage.max_steps,
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate, weight_decay=stage.weight_decay,
+        gradient_checkpointing=stage.gradient_checkpointing,
+        logging_steps=ctx.logging_steps, report_to=[], save_strategy="no", seed=ctx.seed,
+        bf16=use_bf16(), disable_tqdm=not ctx.progress_bars)
+
+
+def lora_config(lora: dict, train_new_rows: bool):
+    from peft import LoraConfig
+
+    from rl.config import LoraConfig as Schema
+    from rl.config import _build
+
+    spec = _build(Schema, lora, "lora")
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type="CAUSAL_LM",
+                      modules_to_save=["embed_tokens", "lm_head"] if train_new_rows else None)
+
+
+def write_trainer_info(trainer, out_dir: Path) -> None:
+    """Record how the trainer ran (distributed type, DeepSpeed stage, processes)."""
+    acc = trainer.accelerator
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    info = {"distributed_type": str(acc.distributed_type), "num_processes": acc.num_processes,
+            "deepspeed": bool(trainer.is_deepspeed_enabled),
+            "zero_stage": ds.zero_stage if ds is not None else None,
+            "device": str(acc.device)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trainer_info.json").write_text(json.dumps(info, indent=2))
+
+
+def save_model(model, processor, vocab, out_dir: Path) -> None:
+    """Model, processor and `spatial_vocab.json` together, after checking that the embedding
+    rows, the head and the config agree."""
+    from tokens.extend import check_vocab_consistency
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_vocab_consistency(model, getattr(processor, "tokenizer", processor))
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    vocab.save(out_dir)
+
+
+def train_and_save(trainer, ctx: RunContext, merge: bool, save: bool = True):
+    """Train, merge a LoRA adapter (`merge`), and (main process, `save`) write the model, its
+    log history and trainer info into `ctx.output_dir`. Returns (model, log history)."""
+    trainer.train()
+    model = trainer.model
+    if merge:
+        model = model.merge_and_unload()
+    if save and trainer.accelerator.is_main_process:
+        out = ctx.output_dir
+        save_model(trainer.accelerator.unwrap_model(model), ctx.processor, ctx.vocab, out)
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        write_trainer_info(trainer, out)
+    trainer.accelerator.wait_for_everyone()
+    return model, trainer.state.log_history
