@@ -23,12 +23,36 @@ if __package__ in (None, ""):  # `accelerate launch rl/train_sft.py` runs this f
 from rl.config import RunConfig, SFTStageConfig, load_config  # noqa: E402
 
 
+def render_conversations(dataset, processor):
+    """Conversational prompt/completion rows rendered to text once, with TRL's own
+    `prepare_multimodal_messages` and `apply_chat_template`, as TRL's vision collator would
+    render them at every step. The collator then takes its plain-text path, which gives the
+    same batches (tested tensor for tensor) without a chat template per sample per step."""
+    import copy
+
+    from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
+
+    if len(dataset) == 0 or not is_conversational(dataset[0]):
+        return dataset
+
+    def render(row):
+        prompt = prepare_multimodal_messages(copy.deepcopy(row["prompt"]), images=[row["image"]])
+        completion = prepare_multimodal_messages(copy.deepcopy(row["completion"]))
+        text = apply_chat_template({"prompt": prompt, "completion": completion}, processor)
+        return {"prompt": text["prompt"], "completion": text["completion"]}
+
+    return dataset.map(render, desc="rendering chat templates")
+
+
 def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int | None = None):
     """TRL's SFTTrainer for `model` on `train_dataset` (image, prompt, completion), writing into
-    `ctx.output_dir` (a `rl.context.RunContext`)."""
+    `ctx.output_dir` (a `rl.context.RunContext`). Conversations are rendered to text once
+    (`render_conversations`)."""
     from trl import SFTConfig, SFTTrainer
 
     from rl.training import common_args, lora_config
+
+    train_dataset = render_conversations(train_dataset, ctx.processor)
 
     args = SFTConfig(**common_args(stage, ctx, max_steps), warmup_steps=stage.warmup_steps,
                      lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
