@@ -112,6 +112,20 @@ class Reward:
     def match(self, instances: Sequence[Instance], gt: GroundTruth) -> Matching:
         return match(instances, gt, self.match_weights, self.l1_scale)
 
+    def parsed(self, completions):
+        """The batch's parsed answers, shared by every term (`rewards.batch`)."""
+        from rewards.batch import parsed_batch
+
+        return parsed_batch(self.texts(completions), self.codec)
+
+    def matched(self, completions, kwargs):
+        """The batch parsed and matched to its ground truth, shared by every term."""
+        from rewards.batch import matched_batch
+
+        texts = self.texts(completions)
+        return matched_batch(texts, self.ground_truth(kwargs, len(texts)), self.codec,
+                             self.match_weights, self.l1_scale)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

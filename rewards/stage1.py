@@ -18,7 +18,6 @@ from rewards.common import (
     Reward,
     column,
     completion_text,
-    decode_masks,
     log,
     pair_mask_ious,
     shared_decoder,
@@ -49,11 +48,8 @@ class FormatReward(Reward):
     name = "format"
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        out = []
-        for text in self.texts(completions):
-            ans = self.codec.parse_answer(text)
-            out.append(0.5 * ans.structure_ok + 0.5 * (ans.structure_ok and ans.lines_ok))
-        return out
+        return [0.5 * a.structure_ok + 0.5 * (a.structure_ok and a.lines_ok)
+                for a in self.parsed(completions).answers]
 
 
 format_reward = FormatReward()
@@ -85,11 +81,8 @@ class BoxReward(Reward):
     name = "box"
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        texts = self.texts(completions)
-        gts = self.ground_truth(kwargs, len(texts))
         out, pairs, ious = [], [], []
-        for text, gt in zip(texts, gts, strict=True):
-            m = self.match(self.codec.parse_answer(text).instances, gt)
+        for m in self.matched(completions, kwargs).matchings:
             score = _empty_score(m)
             if score is None:
                 score = sum(0.5 * m.iou[i, j] + 0.5 * m.nbox[i, j] for i, j in m.pairs)
@@ -133,18 +126,13 @@ class MaskReward(Reward):
         return next((v for t, v in self.tiers if u >= t), 0.0)
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        texts = self.texts(completions)
-        gts = self.ground_truth(kwargs, len(texts))
-        images = column(kwargs, "image", len(texts), self.name)
-        parsed = [self.codec.parse_answer(t).instances for t in texts]
-        matchings = [self.match(insts, gt) for insts, gt in zip(parsed, gts, strict=True)]
+        batch = self.matched(completions, kwargs)
+        images = column(kwargs, "image", len(batch.texts), self.name)
         # Only matched predictions are scored, so only they are decoded: a completion listing
         # thousands of instances costs at most one decode per ground-truth object.
-        matched = [[insts[i] for i, _ in m.pairs] for insts, m in zip(parsed, matchings)]
-        masks = decode_masks(self.decoder, images, matched,
-                             [(g.width, g.height) for g in gts], self.max_points)
+        masks = batch.pair_masks(self.decoder, images, self.max_points)
         out, ious = [], []
-        for m, gt, pair_masks in zip(matchings, gts, masks, strict=True):
+        for m, gt, pair_masks in zip(batch.matchings, batch.gts, masks, strict=True):
             score = _empty_score(m)
             if score is None:
                 pair_ious = pair_mask_ious(pair_masks, gt,
@@ -184,12 +172,9 @@ class PointsReward(Reward):
         return float(np.clip(q, 0.0, 1.0))
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        texts = self.texts(completions)
-        gts = self.ground_truth(kwargs, len(texts))
+        batch = self.matched(completions, kwargs)
         out, hits, counts = [], [], []
-        for text, gt in zip(texts, gts, strict=True):
-            insts = self.codec.parse_answer(text).instances
-            m = self.match(insts, gt)
+        for insts, m, gt in zip(batch.instances, batch.matchings, batch.gts, strict=True):
             score = _empty_score(m)
             if score is None:
                 areas = gt.areas_norm

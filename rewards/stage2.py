@@ -12,35 +12,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.common import Reward, column, decode_masks, iou_or_one, log, shared_decoder
+from rewards.batch import RefinementRow, Stage2Batch, refinement_batch
+from rewards.common import Reward, column, iou_or_one, log, shared_decoder
 from rewards.matching import box_iou
-from tokens.answer import Instance
 from tokens.decoders import MAX_PROMPT_POINTS, point_in_mask
-from tokens.refine import ParsedRefinement, parse_refinement, refine_instances
+from tokens.refine import ParsedRefinement
 
 
 class _Stage2Reward(Reward):
-    """Shared reading of a stage-2 batch: stage-1 instances, their matches, the refinement."""
+    """Shared reading of a stage-2 batch (`rewards.batch.Stage2Batch`): stage-1 instances,
+    their matches, the refinement and the refined instances, built once for every term."""
 
-    def rows(self, completions, kwargs):
+    def batch(self, completions, kwargs) -> Stage2Batch:
         texts = self.texts(completions)
         gts = self.ground_truth(kwargs, len(texts))
         stage1 = column(kwargs, "stage1", len(texts), self.name)
-        memo: dict = {}
-        rows = []
-        for row, (text, gt, s1) in enumerate(zip(texts, gts, stage1, strict=True)):
+        for row, s1 in enumerate(stage1):
             if not isinstance(s1, str):
                 raise ValueError(f"reward {self.name!r}: row {row}: column 'stage1' must hold "
                                  f"the stage-1 answer text, got {type(s1).__name__}")
-            key = (s1, id(gt))
-            if key not in memo:
-                insts = self.codec.parse_answer(s1).instances
-                m = self.match(insts, gt)
-                memo[key] = (insts, [m.gt_of(k) for k in range(len(insts))])
-            insts, owners = memo[key]
-            ref = parse_refinement(text, insts, self.vocab)
-            rows.append((insts, owners, ref, gt))
-        return rows
+        return refinement_batch(texts, stage1, gts, self.codec, self.vocab, self.match_weights,
+                                self.l1_scale)
+
+    def rows(self, completions, kwargs) -> list[RefinementRow]:
+        return self.batch(completions, kwargs).rows
 
 
 class RefineFormatReward(_Stage2Reward):
@@ -73,9 +68,9 @@ class RefineFormatReward(_Stage2Reward):
 
     def __call__(self, completions, **kwargs) -> list[float]:
         out, complete = [], []
-        for _insts, _owners, ref, _gt in self.rows(completions, kwargs):
-            out.append(self.score(ref))
-            complete.append(float(ref.complete and ref.structure_ok))
+        for row in self.rows(completions, kwargs):
+            out.append(self.score(row.refinement))
+            complete.append(float(row.refinement.complete and row.refinement.structure_ok))
         log(kwargs, "refine_format/complete", complete)
         return out
 
@@ -98,17 +93,18 @@ class PointRefineReward(_Stage2Reward):
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
         out, deleted, valid = [], [], []
-        for insts, owners, ref, gt in self.rows(completions, kwargs):
+        for row in self.rows(completions, kwargs):
             per_instance = []
-            for k, inst in enumerate(insts):
+            lines = row.refinement.lines
+            for k, inst in enumerate(row.stage1):
                 if not inst.points:
                     continue
-                line = ref.lines[k] if k < len(ref.lines) else None
+                line = lines[k] if k < len(lines) else None
                 if line is None or not line.well_formed:
                     per_instance.append(0.0)
                     continue
-                j = owners[k]
-                mask = gt.masks[j] if j is not None else None
+                j = row.owners[k]
+                mask = row.gt.masks[j] if j is not None else None
                 scores = []
                 for (x, y), op in zip(inst.points, line.seg, strict=True):
                     was_in = mask is not None and point_in_mask(mask, x, y)
@@ -148,21 +144,21 @@ class BoxRefineReward(_Stage2Reward):
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
         out, improved = [], []
-        for insts, owners, ref, gt in self.rows(completions, kwargs):
-            refined = refine_instances(insts, ref, self.vocab)
+        for row in self.rows(completions, kwargs):
+            refined, lines = row.refined, row.refinement.lines
             scores = []
-            for k, inst in enumerate(insts):
+            for k, inst in enumerate(row.stage1):
                 if inst.box is None:
                     continue
-                j = owners[k]
+                j = row.owners[k]
                 new = refined[k].box if refined[k] is not None else None
                 if j is None or new is None:
                     scores.append(0.0)
                     continue
-                target = gt.boxes_norm[j]
+                target = row.gt.boxes_norm[j]
                 before = box_iou([inst.box], [target])[0, 0]
                 after = box_iou([new], [target])[0, 0]
-                line = ref.lines[k] if k < len(ref.lines) else None
+                line = lines[k] if k < len(lines) else None
                 unchanged = line is not None and line.well_formed and tuple(new) == inst.box
                 if after > before:
                     scores.append(1.0)
@@ -211,23 +207,19 @@ class MaskGainReward(_Stage2Reward):
         return 0.0
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
-        rows = self.rows(completions, kwargs)
-        images = column(kwargs, "image", len(rows), self.name)
-        frames = [(gt.width, gt.height) for *_, gt in rows]
+        batch = self.batch(completions, kwargs)
+        images = column(kwargs, "image", len(batch.rows), self.name)
         # Stage-1 and refined instances of every row decoded in one pass per image.
-        lists: list[list[Instance | None]] = []
-        for insts, _owners, ref, _gt in rows:
-            lists.append(list(insts) + refine_instances(insts, ref, self.vocab))
-        masks = decode_masks(self.decoder, images, lists, frames, self.max_points)
+        masks = batch.masks(self.decoder, images, self.max_points)
         out, u0s, u1s = [], [], []
-        for (insts, owners, _ref, gt), row_masks in zip(rows, masks, strict=True):
-            n = len(insts)
+        for row, row_masks in zip(batch.rows, masks, strict=True):
+            n, gt = len(row.stage1), row.gt
             if n == 0:
                 out.append(None)
                 continue
             gains = []
             for k in range(n):
-                j = owners[k]
+                j = row.owners[k]
                 target = gt.masks[j] if j is not None else np.zeros((gt.height, gt.width), bool)
                 u0 = iou_or_one(row_masks[k], target)
                 u1 = iou_or_one(row_masks[n + k], target)

@@ -111,7 +111,7 @@ def test_offset_tokens_have_one_spelling(token, value):
 
 
 def test_text_codecs_read_ascii_digits_only():
-    from tokens.codec import get_codec
+    from tokens.registry import get_codec
 
     codec = get_codec("text_bins")
     good = codec.parse_answer("<think></think><answer>[100, 200, 300, 400]</answer>")
