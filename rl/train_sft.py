@@ -44,6 +44,64 @@ def render_conversations(dataset, processor):
     return dataset.map(render, desc="rendering chat templates")
 
 
+class PerSampleCollator:
+    """TRL's vision collator, run on each sample once and remembered (`max_items` samples,
+    least recently used first out): a batch is the per-sample results right-padded and
+    stacked, which is what TRL's collator builds (prompts left-padded, completions
+    right-padded, then flushed left); `tests/test_train_sft.py` checks it tensor for tensor.
+    A sample is known by its prompt, completion and image pixels. Saves the processor's image
+    and text work that every epoch would redo."""
+
+    PAD = {"input_ids": None, "attention_mask": 0, "labels": -100, "completion_mask": 0,
+           "mm_token_type_ids": 0, "token_type_ids": 0}
+    STACKED = ("pixel_values", "image_grid_thw")
+
+    def __init__(self, inner, pad_token_id: int, max_items: int):
+        from collections import OrderedDict
+
+        self.inner, self.pad_token_id, self.max_items = inner, pad_token_id, max_items
+        self.items: OrderedDict = OrderedDict()
+
+    def _key(self, ex) -> tuple:
+        import hashlib
+
+        import numpy as np
+
+        image = ex.get("image")
+        digest = None if image is None else hashlib.blake2b(
+            np.asarray(image).tobytes(), digest_size=16).hexdigest()
+        return (str(ex["prompt"]), str(ex["completion"]), digest)
+
+    def one(self, ex) -> dict:
+        key = self._key(ex)
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        out = dict(self.inner([dict(ex)]))
+        self.items[key] = out
+        if len(self.items) > self.max_items:
+            self.items.popitem(last=False)
+        return out
+
+    def __call__(self, examples) -> dict:
+        import torch
+
+        rows = [self.one(ex) for ex in examples]
+        width = max(r["input_ids"].shape[1] for r in rows)
+        batch = {}
+        for name in rows[0]:
+            parts = [r[name] for r in rows]
+            if name in self.STACKED:
+                batch[name] = torch.cat(parts, dim=0)
+                continue
+            if name not in self.PAD:
+                raise KeyError(f"PerSampleCollator: unexpected collator output {name!r}")
+            pad = self.pad_token_id if self.PAD[name] is None else self.PAD[name]
+            batch[name] = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]),
+                                                             value=pad) for p in parts])
+        return batch
+
+
 def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int | None = None):
     """TRL's SFTTrainer for `model` on `train_dataset` (image, prompt, completion), writing into
     `ctx.output_dir` (a `rl.context.RunContext`). Conversations are rendered to text once
@@ -58,8 +116,13 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
                      lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
                      dataloader_num_workers=0, **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=True) if stage.lora else None
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset,
-                      processing_class=ctx.processor, peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset,
+                         processing_class=ctx.processor, peft_config=peft_config)
+    if stage.collate_cache:
+        tok = getattr(ctx.processor, "tokenizer", ctx.processor)
+        trainer.data_collator = PerSampleCollator(trainer.data_collator, tok.pad_token_id,
+                                                  stage.collate_cache)
+    return trainer
 
 
 def run_sft(stage: SFTStageConfig, ctx, model, train_dataset):

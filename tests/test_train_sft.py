@@ -1,0 +1,64 @@
+"""The cold start's data path: rendered conversations and the per-sample collator give TRL's
+own batches, tensor for tensor."""
+
+import random
+
+import torch
+from datasets import Dataset
+from transformers import AutoProcessor
+
+from rl.config import SFTStageConfig
+from rl.context import RunContext
+from rl.data.referring import synthetic_records
+from rl.data.samples import BuildConfig, build_sft, load_prompts
+from rl.models import load_model
+from rl.train_sft import PerSampleCollator, sft_trainer
+from tokens import GridCodec, SpatialVocab
+from tokens.decoders import RegionDecoder
+
+
+def _setup(model_dir, tmp_path, collate_cache=0):
+    processor = AutoProcessor.from_pretrained(model_dir)
+    vocab = SpatialVocab(8)
+    ctx = RunContext(vocab=vocab, codec=GridCodec(vocab), decoder_spec=RegionDecoder(),
+                     processor=processor, prompts=load_prompts(), output_dir=tmp_path)
+    rows = list(build_sft(synthetic_records(12, seed=4), RegionDecoder(), ctx.prompts,
+                          BuildConfig(vocab=vocab, refinement=True, n_points=3)))
+    ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
+    stage = SFTStageConfig(max_steps=1, batch_size=4, collate_cache=collate_cache)
+    return ctx, ds, sft_trainer(stage, ctx, load_model(model_dir), ds), processor
+
+
+def test_rendered_conversations_collate_like_trl(grid8_model, tmp_path):
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    ctx, ds, trainer, processor = _setup(grid8_model, tmp_path)
+    assert isinstance(trainer.train_dataset[0]["prompt"], str)  # rendered once
+    trl_collator = DataCollatorForVisionLanguageModeling(processor=processor,
+                                                         completion_only_loss=True)
+    idx = [0, 3, 5, 8]
+    ours = trainer.data_collator([trainer.train_dataset[i] for i in idx])
+    theirs = trl_collator([dict(ds[i]) for i in idx])  # conversational, rendered per step
+    assert sorted(ours) == sorted(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_the_per_sample_collator_builds_the_same_batches(grid8_model, tmp_path):
+    ctx, ds, trainer, processor = _setup(grid8_model, tmp_path, collate_cache=64)
+    assert isinstance(trainer.data_collator, PerSampleCollator)
+    plain = trainer.data_collator.inner
+    td = trainer.train_dataset
+    rng = random.Random(0)
+    for _ in range(6):
+        idx = rng.sample(range(len(td)), 5)
+        a = plain([td[i] for i in idx])
+        b = trainer.data_collator([td[i] for i in idx])
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 < len(trainer.data_collator.items) <= 64
+
+
+def test_the_cache_is_bounded(grid8_model, tmp_path):
+    ctx, ds, trainer, processor = _setup(grid8_model, tmp_path, collate_cache=3)
+    td = trainer.train_dataset
+    trainer.data_collator([td[i] for i in range(6)])
+    assert len(trainer.data_collator.items) == 3
