@@ -49,7 +49,9 @@ class PerSampleCollator:
     least recently used first out): a batch is the per-sample results right-padded and
     stacked, which is what TRL's collator builds (prompts left-padded, completions
     right-padded, then flushed left); `tests/test_train_sft.py` checks it tensor for tensor.
-    A sample is known by its prompt, completion and image pixels. Saves the processor's image
+    A sample is known by its prompt, completion and image; images may come undecoded (the
+    `datasets` Image feature with `decode=False`: a dict with the encoded `bytes`), and are
+    then decoded only when a sample is first seen. Saves the decoding and the processor's image
     and text work that every epoch would redo."""
 
     PAD = {"input_ids": None, "attention_mask": 0, "labels": -100, "completion_mask": 0,
@@ -68,16 +70,36 @@ class PerSampleCollator:
         import numpy as np
 
         image = ex.get("image")
-        digest = None if image is None else hashlib.blake2b(
-            np.asarray(image).tobytes(), digest_size=16).hexdigest()
-        return (str(ex["prompt"]), str(ex["completion"]), digest)
+        if image is None:
+            data = b""
+        elif isinstance(image, dict):  # undecoded: the file's bytes, or its path
+            data = image.get("bytes") or str(image.get("path")).encode()
+        else:
+            data = np.asarray(image).tobytes()
+        return (str(ex["prompt"]), str(ex["completion"]),
+                hashlib.blake2b(data, digest_size=16).hexdigest())
+
+    @staticmethod
+    def _decoded(ex) -> dict:
+        """The sample with its image decoded as `datasets` decodes it (PIL, mode kept)."""
+        import io
+
+        from PIL import Image
+
+        ex = dict(ex)
+        image = ex.get("image")
+        if isinstance(image, dict):
+            im = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+            im.load()
+            ex["image"] = im
+        return ex
 
     def one(self, ex) -> dict:
         key = self._key(ex)
         if key in self.items:
             self.items.move_to_end(key)
             return self.items[key]
-        out = dict(self.inner([dict(ex)]))
+        out = dict(self.inner([self._decoded(ex)]))
         self.items[key] = out
         if len(self.items) > self.max_items:
             self.items.popitem(last=False)
@@ -111,6 +133,11 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
     from rl.training import common_args, lora_config
 
     train_dataset = render_conversations(train_dataset, ctx.processor)
+    if stage.collate_cache and "image" in train_dataset.column_names:
+        from datasets import Image
+
+        # Images stay encoded until the collator first sees their sample (then cached).
+        train_dataset = train_dataset.cast_column("image", Image(decode=False))
 
     args = SFTConfig(**common_args(stage, ctx, max_steps), warmup_steps=stage.warmup_steps,
                      lr_scheduler_type=stage.lr_scheduler_type, max_length=None,

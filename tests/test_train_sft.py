@@ -46,12 +46,13 @@ def test_rendered_conversations_collate_like_trl(grid8_model, tmp_path):
 def test_the_per_sample_collator_builds_the_same_batches(grid8_model, tmp_path):
     ctx, ds, trainer, processor = _setup(grid8_model, tmp_path, collate_cache=64)
     assert isinstance(trainer.data_collator, PerSampleCollator)
+    assert isinstance(trainer.train_dataset[0]["image"], dict)  # decoded on first sight only
     plain = trainer.data_collator.inner
     td = trainer.train_dataset
     rng = random.Random(0)
     for _ in range(6):
         idx = rng.sample(range(len(td)), 5)
-        a = plain([td[i] for i in idx])
+        a = plain([PerSampleCollator._decoded(td[i]) for i in idx])  # images stay encoded
         b = trainer.data_collator([td[i] for i in idx])
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert 0 < len(trainer.data_collator.items) <= 64
