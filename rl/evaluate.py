@@ -28,20 +28,23 @@ from rewards.solution import parse_solution
 from rl.context import RunContext
 from rl.data.samples import assistant_turn, user_turn
 from rl.metrics import SampleScore, score_sample, summarize
-from tokens import Instance, SpatialVocab, apply_refinement
+from tokens import Instance, SpatialVocab, apply_refinement, parse_refinement
 from tokens.decoders import MaskDecoder, as_image_array, instance_masks
 
 
 @dataclass
 class Prediction:
     """What the model answered for one sample: the stage-1 text, each refinement round's text,
-    the final instances (normalized), and the instances each refinement round started from."""
+    the final instances (normalized), and the instances each refinement round started from.
+    `answers` holds the parsed objects (the stage-1 `ParsedAnswer`, then one `ParsedRefinement`
+    per round), read once and used by everything downstream."""
 
     stage1: str
     refinements: list[str] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     parsed: bool = True
     before_rounds: list[list[Instance]] = field(default_factory=list)
+    answers: list = field(default_factory=list)
 
 
 def generate(model, processor, conversations: Sequence[list], images: Sequence,
@@ -138,7 +141,7 @@ def predict(model, prompts: Sequence[list], images: Sequence, ctx: RunContext,
     preds = []
     for text in first:
         ans = codec.parse_answer(text)
-        preds.append(Prediction(text, [], ans.instances, ans.well_formed))
+        preds.append(Prediction(text, [], ans.instances, ans.well_formed, answers=[ans]))
     convs = [list(p) + [assistant_turn(t)] for p, t in zip(prompts, first, strict=True)]
     for _ in range(settings.rounds):
         active = [k for k, p in enumerate(preds) if p.instances]
@@ -147,9 +150,11 @@ def predict(model, prompts: Sequence[list], images: Sequence, ctx: RunContext,
         asks = [convs[k] + [user_turn(ctx.prompts["stage2"])] for k in active]
         texts = gen(asks, [images[k] for k in active])
         for k, text in zip(active, texts, strict=True):
+            ref = parse_refinement(text, preds[k].instances, vocab)
             preds[k].refinements.append(text)
+            preds[k].answers.append(ref)
             preds[k].before_rounds.append(preds[k].instances)
-            preds[k].instances = apply_refinement(preds[k].instances, text, vocab)
+            preds[k].instances = apply_refinement(preds[k].instances, ref, vocab)
             convs[k] = asks[active.index(k)] + [assistant_turn(text)]
     return preds
 
@@ -214,11 +219,9 @@ def answer_tokens_per_instance(processor, preds: Sequence[Prediction]) -> float 
         if not proposed:
             continue
         instances += proposed
-        for text in [p.stage1, *p.refinements]:
-            start, end = text.find("<answer>"), text.find("</answer>")
-            if start >= 0:
-                body = text[start + len("<answer>"):end if end > start else len(text)].strip()
-                tokens += len(tok(body, add_special_tokens=False)["input_ids"]) if body else 0
+        for parsed in p.answers:
+            body = (parsed.answer_text or "").strip()
+            tokens += len(tok(body, add_special_tokens=False)["input_ids"]) if body else 0
     return tokens / instances if instances else None
 
 

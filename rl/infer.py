@@ -20,15 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tokens import Instance, SpatialVocab
-
-SPATIAL_TOKEN_RE = re.compile(r"<grid_\d+_\d+>|<off_-?\d+_-?\d+>|<DELETE>")
 
 
 @dataclass
@@ -115,11 +112,18 @@ class Grounder:
     def __call__(self, image, query: str, rounds: int = 1) -> InferenceResult:
         """Propose, refine `rounds` times, decode: the result for one image and query."""
         img = _load_image(image)
-        return self.result(img, query, self.answers(img, query, rounds))
+        pred = self.predict(img, query, rounds)
+        return self._result(img, query, [pred.stage1, *pred.refinements], pred.answers)
 
     def answers(self, image, query: str, rounds: int = 1) -> list[str]:
         """The model's texts: the grid-token proposal, then one offset answer per round
         (fewer when a round leaves no instance to refine)."""
+        pred = self.predict(image, query, rounds)
+        return [pred.stage1, *pred.refinements]
+
+    def predict(self, image, query: str, rounds: int = 1):
+        """The model's `rl.evaluate.Prediction` for one image and query (texts and their parsed
+        answers)."""
         from rl.data.samples import user_turn
         from rl.evaluate import EvalSettings, predict
 
@@ -127,29 +131,40 @@ class Grounder:
         if self.codec.name != "grid":
             rounds = 0  # refinement is written in offset tokens only
         settings = EvalSettings(rounds, self.max_new_tokens, batch_size=1)
-        pred = predict(self.model, [[user_turn(question, image=True)]], [_load_image(image)],
+        return predict(self.model, [[user_turn(question, image=True)]], [_load_image(image)],
                        self.ctx, settings)[0]
-        return [pred.stage1, *pred.refinements]
 
     def result(self, image, query: str, answers: list[str]) -> InferenceResult:
-        """Read the answers (a proposal, then refinements): final instances, what each round
-        moved and deleted, and one decoded mask per final instance."""
+        """Read answer texts (a proposal, then refinements) and build their result."""
+        from tokens import apply_refinement, parse_refinement
+
+        parsed = [self.codec.parse_answer(answers[0])]
+        instances = parsed[0].instances
+        for text in answers[1:]:
+            parsed.append(parse_refinement(text, instances, self.vocab))
+            instances = apply_refinement(instances, parsed[-1], self.vocab)
+        return self._result(image, query, answers, parsed)
+
+    def _result(self, image, query: str, answers: list[str], parsed: list) -> InferenceResult:
+        """The result from parsed answers (the proposal's `ParsedAnswer`, then one
+        `ParsedRefinement` per round): final instances, what each round moved and deleted, and
+        one decoded mask per final instance."""
         from rl.visualize import refinement_marks
         from tokens import apply_refinement
         from tokens.decoders import as_image_array, instance_masks
 
         arr = as_image_array(_load_image(image))
-        proposed = self.codec.parse_answer(answers[0]).instances
+        proposed = parsed[0].instances
         instances, moves, deleted = proposed, [], []
-        for text in answers[1:]:
-            m, d = refinement_marks(instances, text, self.vocab)
+        for ref in parsed[1:]:
+            m, d = refinement_marks(instances, ref, self.vocab)
             moves.append(m)
             deleted.append(d)
-            instances = apply_refinement(instances, text, self.vocab)
+            instances = apply_refinement(instances, ref, self.vocab)
         masks = instance_masks(self.decoder, arr, instances)
-        return InferenceResult(arr, query, list(answers),
-                               [SPATIAL_TOKEN_RE.findall(a) for a in answers], instances, masks,
-                               moves, deleted, proposed)
+        tokens = [self.vocab.tokens_in(p.answer_text or "") for p in parsed]
+        return InferenceResult(arr, query, list(answers), tokens, instances, masks, moves,
+                               deleted, proposed)
 
     def draw(self, result: InferenceResult, path: str | Path, scale: int | None = None) -> Path:
         """The picture: image, grid lattice, decoded mask, boxes, final points, each offset as

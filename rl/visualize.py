@@ -23,15 +23,17 @@ DELETED_COLOUR = (255, 0, 255)
 GRID_COLOUR = (70, 70, 70)
 
 
-def refinement_marks(instances: Sequence[Instance], refinement: str, vocab: SpatialVocab
+def refinement_marks(instances: Sequence[Instance], refinement, vocab: SpatialVocab
                      ) -> tuple[list, list]:
-    """What one refinement answer did to `instances` (the points it refined): the moved points
-    as ((x0, y0), (x1, y1)) and the deleted points as (x, y), normalized. Lines that are not
-    well formed change nothing (as in `apply_refinement`) and are not drawn."""
+    """What one refinement answer (its text, or its `ParsedRefinement` against `instances`) did
+    to `instances`: the moved points as ((x0, y0), (x1, y1)) and the deleted points as (x, y),
+    normalized. Lines that are not well formed change nothing (as in `apply_refinement`) and
+    are not drawn."""
     from tokens import parse_refinement
 
     moves, deleted = [], []
-    ref = parse_refinement(refinement, list(instances), vocab)
+    ref = (parse_refinement(refinement, list(instances), vocab)
+           if isinstance(refinement, str) else refinement)
     for inst, line in zip(instances, ref.lines, strict=False):
         if not line.well_formed or line.seg is None:
             continue

@@ -85,3 +85,9 @@ def test_save_and_load(tmp_path):
         SpatialVocab.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="tokens.extend"):
         SpatialVocab.load(tmp_path / "nowhere")
+
+
+def test_tokens_in_reads_the_exact_grammar_in_range():
+    v = SpatialVocab(grid_size=8, offset_radius=1)
+    text = "<grid_1_2>x<grid_03_1><grid_9_0><off_-1_0><off_-0_1><DELETE><off_2_0><grid_٣_1>"
+    assert v.tokens_in(text) == ["<grid_1_2>", "<off_-1_0>", "<DELETE>"]

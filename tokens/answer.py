@@ -63,6 +63,8 @@ class ParsedAnswer:
     lines_ok: every non-empty answer line is one well-formed instance.
     has_answer: an `<answer>` tag was found (instances are read only from inside it).
     num_lines: non-empty answer lines.
+    answer_text: the text inside the first `<answer>` block (to the end of a truncated
+    completion), None without one.
     """
 
     instances: list[Instance]
@@ -71,6 +73,7 @@ class ParsedAnswer:
     lines_ok: bool
     has_answer: bool
     num_lines: int
+    answer_text: str | None = None
 
     @property
     def well_formed(self) -> bool:

@@ -81,7 +81,7 @@ class Codec(ABC):
                 if inst is not None and not inst.is_empty:
                     instances.append(inst)
         return ParsedAnswer(instances, errors.summary(), structure_ok, lines_ok,
-                            region is not None, n)
+                            region is not None, n, region)
 
 
 class GridCodec(Codec):

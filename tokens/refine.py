@@ -60,6 +60,7 @@ class ParsedRefinement:
     errors: list[str]
     structure_ok: bool
     has_answer: bool
+    answer_text: str | None = None  # inside the first `<answer>` block
 
     @property
     def num_well_formed(self) -> int:
@@ -184,7 +185,7 @@ def parse_refinement(text: str, stage1, vocab: SpatialVocab = DEFAULT_VOCAB) -> 
     if region is not None and len(lines) != len(instances):
         errors.add(f"{len(lines)} <offset> lines for {len(instances)} stage-1 instances")
     return ParsedRefinement(lines, len(instances), errors.summary(), structure_ok,
-                            region is not None)
+                            region is not None, region)
 
 
 def refine_instances(stage1, refinement: ParsedRefinement,

@@ -26,6 +26,10 @@ GRID_TOKEN_RE = re.compile(rf"<grid_{_INDEX}_{_INDEX}>")
 # The same spelling without groups, to build larger patterns from.
 GRID_TOKEN_PATTERN = GRID_TOKEN_RE.pattern.replace("(", "(?:")
 OFFSET_TOKEN_RE = re.compile(rf"<off_{_SIGNED}_{_SIGNED}>")
+# Any token of the vocabulary's spelling (ranges are the vocabulary's to check).
+SPATIAL_TOKEN_RE = re.compile("|".join([GRID_TOKEN_PATTERN,
+                                        OFFSET_TOKEN_RE.pattern.replace("(", "(?:"),
+                                        re.escape(DELETE_TOKEN)]))
 VOCAB_FILE = "spatial_vocab.json"
 
 
@@ -108,6 +112,13 @@ class SpatialVocab:
     def offset_in_range(self, dx: int, dy: int) -> bool:
         k = self.offset_radius
         return -k <= dx <= k and -k <= dy <= k
+
+    def tokens_in(self, text: str) -> list[str]:
+        """The tokens of this vocabulary that `text` spells, in order (the exact grammar, in
+        range); anything else is skipped."""
+        return [t for t in SPATIAL_TOKEN_RE.findall(text)
+                if t == DELETE_TOKEN or self.parse_grid_token(t) is not None
+                or self.parse_offset_token(t) is not None]
 
     # ---- geometry ------------------------------------------------------------------------
     def point_to_cell(self, x: float, y: float) -> tuple[int, int]:
