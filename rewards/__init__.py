@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rewards.common import completion_text, shared_decoder
+from rewards.common import completion_text
+from rewards.masks import shared_decoder
 from rewards.matching import Matching, box_iou, match
 from rewards.solution import GroundTruth, SolutionError, make_solution, parse_solution
 from rewards.stage1 import BoxReward, FormatReward, MaskReward, PointsReward, non_repeat_reward

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rewards.masks import decode_masks
 from rewards.matching import Matching, match
 from rewards.solution import GroundTruth
 from tokens.answer import Instance, ParsedAnswer
@@ -73,8 +74,6 @@ class Stage1Batch:
     def pair_masks(self, decoder, images: Sequence, max_points: int) -> list[list[np.ndarray]]:
         """Per completion, the decoded mask of each matched prediction, in the order of its
         matching's pairs, in the ground truth's frame; decoded once per decoder and cap."""
-        from rewards.common import decode_masks
-
         key = (id(decoder), max_points, tuple(map(id, images)))
         if key not in self._masks:
             matched = [[a.instances[i] for i, _ in m.pairs]
@@ -134,8 +133,6 @@ class Stage2Batch:
     def masks(self, decoder, images: Sequence, max_points: int) -> list[list[np.ndarray]]:
         """Per row, the decoded masks of its stage-1 instances then of its refined ones (empty
         for removed ones), in the ground truth's frame; decoded once per decoder and cap."""
-        from rewards.common import decode_masks
-
         key = (id(decoder), max_points, tuple(map(id, images)))
         if key not in self._masks:
             lists = [list(r.stage1) + list(r.refined) for r in self.rows]

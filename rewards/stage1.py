@@ -14,14 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from rewards.common import (
-    Reward,
-    column,
-    completion_text,
-    log,
-    pair_mask_ious,
-    shared_decoder,
-)
+from rewards.common import Reward, column, completion_text, log
+from rewards.masks import pair_mask_ious, shared_decoder
 from rewards.matching import Matching
 from tokens import sentences
 from tokens.decoders import MAX_PROMPT_POINTS

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from rewards.batch import RefinementRow, Stage2Batch, refinement_batch
-from rewards.common import Reward, column, iou_or_one, log, shared_decoder
+from rewards.common import Reward, column, log
+from rewards.masks import iou_or_one, shared_decoder
 from rewards.matching import box_iou
 from tokens.decoders import MAX_PROMPT_POINTS, point_in_mask
 from tokens.refine import ParsedRefinement

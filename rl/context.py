@@ -65,7 +65,7 @@ class RunContext:
 
     def decoder(self):
         """The mask decoder, one per configuration in this process (shared embedding cache)."""
-        from rewards.common import shared_decoder
+        from rewards.masks import shared_decoder
 
         return shared_decoder(self.decoder_spec)
 
