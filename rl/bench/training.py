@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+def _median_time(fn, repeats: int, warmup: int = 5) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -141,24 +141,32 @@ def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
     model = load_model(init, cfg.model)
     trainer = sft_trainer(cfg.sft, ctx.with_output(ctx.output_dir / "bench_sft"), model, ds,
                           max_steps=steps)
+    # A run of many epochs (the default: 16) builds each sample's tensors once and then reads
+    # them back; fill the cache first so the timed steps show that steady state.
+    train_ds, batch_n = trainer.train_dataset, cfg.sft.batch_size
+    t0 = time.perf_counter()
+    if cfg.sft.collate_cache:
+        for start in range(0, len(train_ds), batch_n):
+            trainer.data_collator([train_ds[i] for i in range(start, min(start + batch_n,
+                                                                          len(train_ds)))])
+    first_sight = (time.perf_counter() - t0) / max(1, len(train_ds))
     loader_timer = _Timer(trainer, ["get_batch_samples", "training_step"])
     t0 = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t0
     per_step = total / steps
-    batch_n = cfg.sft.batch_size
 
     # The floor: the bare model on one batch the trainer's own collator builds.
-    train_ds = trainer.train_dataset
     batch = trainer.data_collator([train_ds[i] for i in range(batch_n)])
     floor_model = load_model(init, cfg.model).train()
-    floor = _median_time(bare_sft_step(floor_model, batch, cfg.sft.learning_rate), repeats=20)
+    floor = _median_time(bare_sft_step(floor_model, batch, cfg.sft.learning_rate), repeats=40)
     collate = _median_time(lambda: trainer.data_collator([train_ds[i] for i in range(batch_n)]),
                            repeats=10)
     return {"s_per_step": per_step, "samples_per_s": batch_n / per_step,
             "batch_s_per_step": loader_timer.seconds["get_batch_samples"] / steps,
             "train_step_s": loader_timer.seconds["training_step"] / steps,
-            "collate_s": collate, "floor_s": floor, "ratio": per_step / floor,
+            "collate_s": collate, "first_sight_s_per_sample": first_sight,
+            "floor_s": floor, "ratio": per_step / floor,
             "tokens_per_batch": list(batch["input_ids"].shape)}
 
 
@@ -184,7 +192,7 @@ def bench_grpo(cfg, init, ctx, rows, steps: int) -> dict:
     loss = s["training_step"] - s["_generate_and_score_completions"]
     inputs = timer.last["_generate_and_score_completions"]
     floor_model = load_model(init, cfg.model).train()
-    floor = _median_time(bare_grpo_step(floor_model, inputs, stage.learning_rate), repeats=20)
+    floor = _median_time(bare_grpo_step(floor_model, inputs, stage.learning_rate), repeats=40)
     return {"s_per_step": s["training_step"], "steps_per_s": 1 / s["training_step"],
             "generation_s": gen, "reward_s": reward, "logps_s": scoring,
             "loss_backward_s": loss, "floor_s": floor, "loss_ratio": loss / floor,
@@ -213,7 +221,9 @@ def main(argv=None) -> dict:
     print(f"SFT ({a.sft_steps} steps, batch {cfg.sft.batch_size}, {sft['tokens_per_batch']} "
           f"tokens): {sft['s_per_step'] * 1000:.0f} ms/step, {sft['samples_per_s']:.1f} samples/s")
     print(f"  building the batch {sft['batch_s_per_step'] * 1000:.0f} ms (collator alone "
-          f"{sft['collate_s'] * 1000:.0f} ms), trainer step {sft['train_step_s'] * 1000:.0f} ms")
+          f"{sft['collate_s'] * 1000:.0f} ms), trainer step {sft['train_step_s'] * 1000:.0f} ms;"
+          f" a sample's first collation {sft['first_sight_s_per_sample'] * 1000:.1f} ms (once "
+          f"per run)")
     print(f"  bare model step on the same batch: {sft['floor_s'] * 1000:.0f} ms; "
           f"SFT step / bare step = {sft['ratio']:.2f}")
     print(f"GRPO stage 1 ({a.grpo_steps} steps, {grpo['completions_per_step']} completions): "
