@@ -33,7 +33,17 @@ from tokens import Instance, SpatialVocab, serialize_answer
 from tokens.decoders import MaskDecoder, SamDecoder, build_sam
 
 
-class NaiveSamDecoder(MaskDecoder):
+class _DecodeOnly(MaskDecoder):
+    """A decoder that overrides `decode` itself: the cached embed/decode steps are unused."""
+
+    def _embed(self, image_hw3):
+        raise AssertionError("not used")
+
+    def _decode_batch(self, embedding, image_hw3, prompts):
+        raise AssertionError("not used")
+
+
+class NaiveSamDecoder(_DecodeOnly):
     """SAM used without any of the shipped savings: `set_image` on every `decode` call, one
     `predict` per prompt."""
 
@@ -45,12 +55,6 @@ class NaiveSamDecoder(MaskDecoder):
         super().__init__(cache_size=1)
         self.predictor = SamPredictor(model)
         self.embed_seconds = self.decode_seconds = 0.0
-
-    def _embed(self, image_hw3):
-        raise AssertionError("not used")
-
-    def _decode_batch(self, embedding, image_hw3, prompts):
-        raise AssertionError("not used")
 
     def decode(self, image, prompts):
         t0 = time.perf_counter()
@@ -85,18 +89,12 @@ class TimedSamDecoder(SamDecoder):
             self.embed_seconds += time.perf_counter() - t0
 
 
-class TimedDecoder(MaskDecoder):
+class TimedDecoder(_DecodeOnly):
     """Wraps a decoder and adds up the seconds spent inside `decode`."""
 
     def __init__(self, inner: MaskDecoder):
         super().__init__(cache_size=1)
         self.inner, self.seconds = inner, 0.0
-
-    def _embed(self, image_hw3):
-        raise AssertionError("not used")
-
-    def _decode_batch(self, embedding, image_hw3, prompts):
-        raise AssertionError("not used")
 
     def decode(self, image, prompts):
         t0 = time.perf_counter()
