@@ -13,9 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rewards.batch import matched_batch, parsed_batch
-from rewards.matching import Matching, match
 from rewards.solution import GroundTruth, SolutionCache
-from tokens.answer import Instance
 from tokens.codec import Codec
 from tokens.registry import get_codec
 from tokens.vocab import SpatialVocab
@@ -99,9 +97,6 @@ class Reward:
     def ground_truth(self, kwargs, n: int) -> list[GroundTruth]:
         return [self.solutions.get(v, row) for row, v in
                 enumerate(column(kwargs, "solution", n, self.name))]
-
-    def match(self, instances: Sequence[Instance], gt: GroundTruth) -> Matching:
-        return match(instances, gt, self.match_weights, self.l1_scale)
 
     def parsed(self, completions):
         """The batch's parsed answers, shared by every term (`rewards.batch`)."""

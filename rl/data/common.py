@@ -150,6 +150,17 @@ def read_image(path: Path, *, source, record, field_name: str) -> np.ndarray:
 
 
 # ---- geometry -----------------------------------------------------------------------------------
+def check_vertices(xs, ys, width: int, height: int, *, source, record, field_name: str,
+                   tolerance: float = 1.0) -> None:
+    """A DataError naming file, record and field when a vertex lies more than `tolerance` px
+    outside the image."""
+    if (xs.min() < -tolerance or ys.min() < -tolerance or xs.max() > width + tolerance
+            or ys.max() > height + tolerance):
+        raise data_error(source, record, field_name,
+                         f"polygon reaches ({xs.min():.1f}, {ys.min():.1f})–({xs.max():.1f}, "
+                         f"{ys.max():.1f}), outside the {width}x{height} image")
+
+
 def polygons_to_mask(polygons, width: int, height: int, *, source, record, field_name: str,
                      tolerance: float = 1.0) -> np.ndarray:
     """Rasterize COCO-style polygons ([x1, y1, x2, y2, ...] lists, pixel frame) with
@@ -161,12 +172,8 @@ def polygons_to_mask(polygons, width: int, height: int, *, source, record, field
         if pts.size < 6 or pts.size % 2:
             raise data_error(source, record, f"{field_name}[{k}]",
                              f"a polygon needs at least 3 (x, y) points, got {pts.size} numbers")
-        xs, ys = pts[0::2], pts[1::2]
-        if (xs.min() < -tolerance or ys.min() < -tolerance or xs.max() > width + tolerance
-                or ys.max() > height + tolerance):
-            raise data_error(source, record, f"{field_name}[{k}]",
-                             f"polygon reaches ({xs.min():.1f}, {ys.min():.1f})–({xs.max():.1f}, "
-                             f"{ys.max():.1f}), outside the {width}x{height} image")
+        check_vertices(pts[0::2], pts[1::2], width, height, source=source, record=record,
+                       field_name=f"{field_name}[{k}]", tolerance=tolerance)
         flat.append(pts.tolist())
     rles = mask_utils.frPyObjects(flat, height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)

@@ -36,6 +36,7 @@ from rl.data.common import (
     DataError,
     Record,
     Skips,
+    check_vertices,
     data_error,
     polygons_to_mask,
     read_image,
@@ -65,11 +66,8 @@ def _polygon_points(shape, width: int, height: int, *, path, rec, field_name: st
         raise data_error(path, rec, field_name, "expected a list of [x, y] vertices") from None
     if len(pts) == 0 or not np.isfinite(pts).all():
         raise data_error(path, rec, field_name, "expected at least one finite [x, y] vertex")
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    if lo.min() < -tolerance or hi[0] > width + tolerance or hi[1] > height + tolerance:
-        raise data_error(path, rec, field_name,
-                         f"polygon reaches ({lo[0]:.1f}, {lo[1]:.1f})–({hi[0]:.1f}, {hi[1]:.1f}), "
-                         f"outside the {width}x{height} image")
+    check_vertices(pts[:, 0], pts[:, 1], width, height, source=path, record=rec,
+                   field_name=field_name, tolerance=tolerance)
     return pts
 
 
