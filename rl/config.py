@@ -59,6 +59,12 @@ class DataConfig:
                                                  "superlative": 0.15, "multi": 0.15,
                                                  "none": 0.15})
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
+    # "share": every distractor shares the named object's colour or shape (reading needed);
+    # "any": shapes drawn at random (rl.data.referring.synthetic_records).
+    distractors: str = "any"
+    # The image after the question in the user turn: with causal attention the image tokens
+    # can then depend on the question.
+    image_after_text: bool = False
     prompts: str = "configs/prompts.yaml"
     decoder: Any = "region"
     min_iou: float | None = None
@@ -137,6 +143,12 @@ class EvalConfig:
     max_new_tokens: int = 64
     rounds: int = 1  # refinement rounds after stage 2
     pictures: int = 6
+    # Learning curves (rl.curves): evaluate on `curve_samples` validation scenes (their own
+    # seed, not the held-out ones) every `curve_every` steps of each stage; 0: off.
+    curve_every: int = 0
+    curve_samples: int = 200
+    # The shuffled-expression control on the final model (rl.evaluate.shuffled_rows).
+    shuffle_control: bool = True
 
 
 @dataclass
@@ -299,12 +311,14 @@ def differences(cfg: RunConfig, other: RunConfig) -> list[str]:
 
 
 def checkpoint_settings(model_dir: str | Path) -> dict:
-    """What a checkpoint saved by the pipeline was trained with: `prompts` (the template file)
-    and `codec` ({"name": ..., **params}) from the run's `config.json` (the checkpoint's parent
-    folder); defaults (grid tokens, the default templates) for any other checkpoint."""
+    """What a checkpoint saved by the pipeline was trained with: `prompts` (the template file),
+    `codec` ({"name": ..., **params}) and `image_after_text` (where the question puts the image)
+    from the run's `config.json` (the checkpoint's parent folder); defaults (grid tokens, the
+    default templates, the image first) for any other checkpoint."""
     import json
 
     path = Path(model_dir).parent / "config.json"
     run = json.loads(path.read_text()) if path.is_file() else {}
     return {"prompts": run.get("data", {}).get("prompts"),
-            "codec": {"name": run.get("codec", "grid"), **run.get("codec_params", {})}}
+            "codec": {"name": run.get("codec", "grid"), **run.get("codec_params", {})},
+            "image_after_text": bool(run.get("data", {}).get("image_after_text", False))}

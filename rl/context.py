@@ -49,6 +49,7 @@ class RunContext:
     seed: int = 0
     logging_steps: int = 10
     progress_bars: bool = True
+    callbacks: list = field(default_factory=list)  # transformers TrainerCallbacks for trainers
 
     @classmethod
     def from_config(cls, cfg, processor) -> RunContext:

@@ -27,7 +27,7 @@ import numpy as np
 from rewards.solution import parse_solution
 from rl.context import RunContext
 from rl.data.samples import assistant_turn, user_turn
-from rl.metrics import SampleScore, score_sample, summarize
+from rl.metrics import SampleScore, score_referents, score_sample, summarize
 from tokens import Instance, SpatialVocab, apply_refinement, parse_refinement
 from tokens.decoders import MaskDecoder, as_image_array, instance_masks
 
@@ -45,6 +45,7 @@ class Prediction:
     parsed: bool = True
     before_rounds: list[list[Instance]] = field(default_factory=list)
     answers: list = field(default_factory=list)
+    score: SampleScore | None = None  # set by `predict_and_score`
 
 
 def generate(model, processor, conversations: Sequence[list], images: Sequence,
@@ -171,9 +172,35 @@ def masks_for(decoder: MaskDecoder, image, instances: Sequence[Instance],
     return union
 
 
+def scene_objects(objects: str, targets: str, row) -> tuple[np.ndarray, list[int]] | None:
+    """A row's scene objects ((N, H, W) bool masks, from the `objects` column's COCO RLEs) and
+    the indices the expression names (`targets` column); None when the row has no objects."""
+    from pycocotools import mask as mask_utils
+
+    if not objects:
+        return None
+    try:
+        rles = json.loads(objects)
+        named = json.loads(targets) if targets else []
+        masks = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode("ascii")}
+                                   for r in rles])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"row {row}: field objects/targets: expected COCO RLEs of the scene's "
+                         f"objects and a list of their indices ({e})") from None
+    masks = masks.transpose(2, 0, 1).astype(bool)
+    if any(not isinstance(t, int) or not 0 <= t < len(masks) for t in named):
+        raise ValueError(f"row {row}: field targets: {named} are not indices of its "
+                         f"{len(masks)} objects")
+    return masks, named
+
+
 def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
           decoder: MaskDecoder, kinds: Sequence[str] | None = None,
-          instances: Sequence[str] | None = None) -> list[SampleScore]:
+          instances: Sequence[str] | None = None,
+          objects: Sequence[str] | None = None,
+          targets: Sequence[str] | None = None) -> list[SampleScore]:
+    """Per-sample scores; with the rows' `objects` and `targets` columns (the synthetic task),
+    also which scene object each prediction picked (`rl.metrics.score_referents`)."""
     from pycocotools import mask as mask_utils
 
     out = []
@@ -181,11 +208,20 @@ def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
         gt = parse_solution(sol, row=k)
         ignore = (mask_utils.decode(gt.ignore_rle).astype(bool) if gt.ignore_rle is not None
                   else None)
-        pred_mask = masks_for(decoder, image, pred.instances, (gt.width, gt.height))
-        out.append(score_sample(pred_mask, gt.union_mask(), ignore,
-                                [i.box for i in pred.instances], list(gt.boxes_norm),
-                                pred.parsed, kinds[k] if kinds else "",
-                                instances[k] if instances else ""))
+        frame = (gt.width, gt.height)
+        per_instance = instance_masks(decoder, image, pred.instances, frame)
+        pred_mask = np.zeros((gt.height, gt.width), dtype=bool)
+        for m in per_instance:
+            pred_mask |= m
+        sample = score_sample(pred_mask, gt.union_mask(), ignore,
+                              [i.box for i in pred.instances], list(gt.boxes_norm),
+                              pred.parsed, kinds[k] if kinds else "",
+                              instances[k] if instances else "")
+        scene = (scene_objects(objects[k], targets[k] if targets else "", k)
+                 if objects else None)
+        if scene is not None:
+            score_referents(sample, pred_mask, per_instance, *scene)
+        out.append(sample)
     return out
 
 
@@ -196,7 +232,10 @@ def predict_and_score(model, rows, ctx: RunContext, settings: EvalSettings
     images = [r["image"] for r in rows]
     preds = predict(model, [r["prompt"] for r in rows], images, ctx, settings)
     scores = score(preds, images, [r["solution"] for r in rows], ctx.decoder(),
-                   [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows])
+                   [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows],
+                   [r.get("objects", "") for r in rows], [r.get("targets", "") for r in rows])
+    for p, s in zip(preds, scores, strict=True):
+        p.score = s
     return preds, scores
 
 
@@ -207,6 +246,32 @@ def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
     out = summarize(scores)
     out["answer_tokens_per_instance"] = answer_tokens_per_instance(ctx.processor, preds)
     return out, preds
+
+
+def shuffled_rows(rows: Sequence[dict], prompts: dict, seed: int = 0) -> list[dict]:
+    """The shuffled-expression control: the same rows (image, ground truth, scene objects) with
+    expressions permuted among the rows of the same kind, no row keeping its own where its kind
+    has two or more rows (a cyclic shift over a random order). A model that ignores the text
+    scores the same on these rows as on the real ones; one that reads falls to chance."""
+    rng = np.random.default_rng(seed)
+    by_kind: dict[str, list[int]] = {}
+    for k, r in enumerate(rows):
+        by_kind.setdefault(r.get("kind", ""), []).append(k)
+    source = list(range(len(rows)))
+    for members in by_kind.values():
+        order = [members[int(i)] for i in rng.permutation(len(members))]
+        for a, b in zip(order, order[1:] + order[:1], strict=True):
+            source[a] = b
+    out = []
+    for k, r in enumerate(rows):
+        expression = rows[source[k]]["expression"]
+        text = prompts["stage1"].format(expression=expression)
+        first, *rest = r["prompt"]
+        content = [{**part, "text": text} if part.get("type") == "text" else part
+                   for part in first["content"]]
+        out.append({**r, "prompt": [{**first, "content": content}, *rest],
+                    "expression": expression, "shuffled_from": rows[source[k]].get("id")})
+    return out
 
 
 def answer_tokens_per_instance(processor, preds: Sequence[Prediction]) -> float | None:
@@ -251,6 +316,9 @@ def main(argv=None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="at most this many rows per folder")
     p.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm, CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle-control", action="store_true",
+                   help="also score the rows with expressions shuffled among rows of the same "
+                        "kind (referent accuracy should fall to chance if the model reads)")
     p.add_argument("--out", default=None,
                    help="write metrics.json, metrics.md and predictions.jsonl into this folder")
     a = p.parse_args(argv)
@@ -261,7 +329,7 @@ def main(argv=None) -> dict:
     from rl.config import checkpoint_settings
     from rl.context import codec_spec, read_spec
     from rl.data.samples import load_prompts
-    from rl.metrics import markdown_table, report
+    from rl.metrics import markdown_table, reading_table, report
     from tokens.registry import get_codec
 
     torch.manual_seed(a.seed)
@@ -280,7 +348,8 @@ def main(argv=None) -> dict:
         part = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
         if part and "prompt" not in part[0]:  # `--build rows`: ask the stage-1 question
             part = [{**r, "prompt": [user_turn(prompts["stage1"].format(
-                expression=r["expression"]), image=True)]} for r in part]
+                expression=r["expression"]), image=True,
+                image_after_text=trained["image_after_text"])]} for r in part]
         rows += part
         names += [dataset_name(r, folder) for r in part]
     settings = EvalSettings(a.rounds, a.max_new_tokens, a.batch_size, generator)
@@ -288,7 +357,14 @@ def main(argv=None) -> dict:
     results = report(scores, names)
     results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
                     "codec": spec, "results": results}
-    table = markdown_table(results, a.model)
+    table = markdown_table(results, a.model) + "\n" + reading_table(results)
+    if a.shuffle_control:
+        _, shuffled = predict_and_score(model, shuffled_rows(rows, prompts, a.seed), ctx,
+                                        settings)
+        control = report(shuffled, names)
+        results_meta["shuffled_expression"] = control
+        table += ("\nShuffled-expression control (expressions permuted among rows of the "
+                  "same kind):\n\n" + markdown_table(control) + "\n" + reading_table(control))
     print(table)
     if a.out:
         out = Path(a.out)

@@ -81,7 +81,8 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
         **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                       processing_class=ctx.processor, peft_config=peft_config)
+                       processing_class=ctx.processor, peft_config=peft_config,
+                       callbacks=list(ctx.callbacks) or None)
 
 
 def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, train_dataset,

@@ -106,6 +106,7 @@ class Grounder:
         self.codec = get_codec(vocab=self.vocab, **codec_spec(codec or settings["codec"]))
         self.decoder = build_decoder(decoder) if isinstance(decoder, str | dict) else decoder
         self.max_new_tokens = max_new_tokens
+        self.image_after_text = settings["image_after_text"]
         self.ctx = RunContext(vocab=self.vocab, codec=self.codec, decoder_spec=self.decoder,
                               processor=self.processor, prompts=self.prompts)
 
@@ -131,7 +132,8 @@ class Grounder:
         if self.codec.name != "grid":
             rounds = 0  # refinement is written in offset tokens only
         settings = EvalSettings(rounds, self.max_new_tokens, batch_size=1)
-        return predict(self.model, [[user_turn(question, image=True)]], [_load_image(image)],
+        turn = user_turn(question, image=True, image_after_text=self.image_after_text)
+        return predict(self.model, [[turn]], [_load_image(image)],
                        self.ctx, settings)[0]
 
     def result(self, image, query: str, answers: list[str]) -> InferenceResult:

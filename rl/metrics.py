@@ -48,6 +48,11 @@ class SampleScore:
     parsed: bool
     kind: str = ""
     instance: str = ""  # the object the expression refers to (per-instance results)
+    # Scenes whose objects are known (the synthetic task; see `score_referents`):
+    num_objects: int = 0
+    referent: bool | None = None  # single-target rows: the prediction picked the named object
+    targets_found: int | None = None  # multi-target rows: named objects some instance picked
+    instances_on_target: int | None = None  # multi-target rows: instances that picked one
 
     @property
     def iou(self) -> float:
@@ -77,6 +82,99 @@ def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, ignore: np.ndarray 
         b_iou = float(box_iou([box], [gt_boxes[0]])[0, 0]) if box is not None else 0.0
     return SampleScore(inter, union, len(gt_boxes), len(pred_boxes), b_iou, parsed, kind,
                        instance)
+
+
+def picked_object(pred_mask: np.ndarray, object_masks: np.ndarray) -> int | None:
+    """The scene object a predicted mask picks: the one it overlaps more than any other
+    (pixels of overlap); None when it overlaps none, or two equally."""
+    if not len(object_masks):
+        return None
+    overlap = np.count_nonzero(object_masks & pred_mask[None], axis=(1, 2))
+    best = int(np.argmax(overlap))
+    if overlap[best] == 0 or np.count_nonzero(overlap == overlap[best]) > 1:
+        return None
+    return best
+
+
+def score_referents(sample: SampleScore, pred_mask: np.ndarray,
+                    instance_masks: Sequence[np.ndarray], object_masks: np.ndarray,
+                    targets: Sequence[int]) -> SampleScore:
+    """Fill the referent fields of `sample` from the scene's object masks ((N, H, W) bool,
+    visible pixels) and the indices of the named ones. Single-target rows: `referent` is True
+    when the union of the predicted masks overlaps the named object more than any other object.
+    Multi-target rows: each predicted instance picks the object it overlaps most;
+    `targets_found` counts named objects picked by some instance, `instances_on_target` the
+    instances that picked a named object."""
+    sample.num_objects = len(object_masks)
+    if len(targets) == 1:
+        sample.referent = picked_object(pred_mask, object_masks) == targets[0]
+    elif len(targets) > 1:
+        picks = [picked_object(m, object_masks) for m in instance_masks]
+        sample.targets_found = len({p for p in picks if p in targets})
+        sample.instances_on_target = sum(p in targets for p in picks)
+    return sample
+
+
+def bootstrap_interval(values: np.ndarray, denominators: np.ndarray | None = None,
+                       n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+                       ) -> list[float] | None:
+    """Percentile bootstrap interval of the mean of `values` over samples (or, with
+    `denominators`, of the ratio of sums, e.g. cIoU = ΣI / ΣU), resampling samples."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None
+    idx = np.random.default_rng(seed).integers(0, values.size, (n_resamples, values.size))
+    if denominators is None:
+        stats = values[idx].mean(axis=1)
+    else:
+        den = np.asarray(denominators, dtype=np.float64)[idx].sum(axis=1)
+        stats = np.where(den > 0, values[idx].sum(axis=1) / np.maximum(den, 1e-300), 0.0)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def _referent_entry(rows: Sequence[SampleScore]) -> dict:
+    return {"samples": len(rows),
+            "referent_accuracy": float(np.mean([s.referent for s in rows])),
+            "chance": float(np.mean([1 / s.num_objects for s in rows]))}
+
+
+def reading(scores: Sequence[SampleScore]) -> dict:
+    """Metrics that show whether the expression was read (scenes with known objects): referent
+    accuracy with its chance rate (mean of 1 / objects in the scene), per expression kind and
+    per object count; instance recall and precision on multi-target rows."""
+    single = [s for s in scores if s.referent is not None]
+    multi = [s for s in scores if s.targets_found is not None]
+    out: dict = {}
+    if single:
+        entry = _referent_entry(single)
+        out["referent_samples"] = entry.pop("samples")
+        out.update(entry)
+        out["referent_interval"] = bootstrap_interval([float(s.referent) for s in single])
+        out["referent_by_kind"] = {k: _referent_entry([s for s in single if s.kind == k])
+                                   for k in sorted({s.kind for s in single})}
+        out["referent_by_objects"] = {
+            str(n): _referent_entry([s for s in single if s.num_objects == n])
+            for n in sorted({s.num_objects for s in single})}
+    if multi:
+        found = sum(s.targets_found for s in multi)
+        named = sum(s.num_gt for s in multi)
+        on_target = sum(s.instances_on_target for s in multi)
+        predicted = sum(s.num_pred for s in multi)
+        out["multi_samples"] = len(multi)
+        out["multi_instance_recall"] = found / named if named else None
+        out["multi_instance_precision"] = on_target / predicted if predicted else None
+    return out
+
+
+def intervals(scores: Sequence[SampleScore], n_resamples: int = 2000, seed: int = 0) -> dict:
+    """95 % bootstrap intervals (samples resampled) of gIoU, cIoU and Acc@0.5."""
+    rec = [s.box_iou for s in scores if s.box_iou is not None]
+    return {"gIoU": bootstrap_interval([s.iou for s in scores], None, n_resamples, seed=seed),
+            "cIoU": bootstrap_interval([s.intersection for s in scores],
+                                       [s.union for s in scores], n_resamples, seed=seed),
+            "Acc@0.5": bootstrap_interval([float(above(b, 0.5)) for b in rec], None,
+                                          n_resamples, seed=seed)}
 
 
 def summarize(scores: Sequence[SampleScore]) -> dict:
@@ -109,6 +207,8 @@ def summarize(scores: Sequence[SampleScore]) -> dict:
     if len(kinds) > 1:
         out["gIoU_by_kind"] = {k: float(np.mean([s.iou for s in scores if s.kind == k]))
                                for k in kinds}
+    out["intervals"] = intervals(scores)
+    out.update(reading(scores))
     return out
 
 
@@ -160,7 +260,8 @@ _COLUMNS = (("samples", "samples", "d"), ("gIoU", "gIoU", "pct"), ("cIoU", "cIoU
             ("Acc@0.5", "Acc@0.5", "pct"), ("Acc@0.8", "Acc@0.8", "pct"),
             ("no_target_accuracy", "N-acc", "pct"), ("target_accuracy", "T-acc", "pct"),
             ("parse_failures", "parse failures", "d"), ("no_target_samples", "no-target", "d"),
-            ("no_target_parse_failures", "no-target parse failures", "d"))
+            ("no_target_parse_failures", "no-target parse failures", "d"),
+            ("referent_accuracy", "referent acc.", "pct"), ("chance", "chance", "pct"))
 
 
 def _cell(value, fmt: str) -> str:
@@ -185,3 +286,31 @@ def markdown_table(results: dict, model: str = "") -> str:
                          + " | ".join(_cell(pi.get(k), f) if k in pi else "" for k, _, f
                                       in _COLUMNS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def reading_table(results: dict) -> str:
+    """A Markdown table of referent accuracy (and its chance rate) per expression kind and per
+    object count, for each dataset/split of `report` output that has scene objects; "" if none.
+    """
+    lines = []
+    for name, entry in results.items():
+        m = entry["per_expression"]
+        if "referent_accuracy" not in m:
+            continue
+        if not lines:
+            lines = ["| dataset / split | group | samples | referent acc. | chance | 95 % "
+                     "interval |", "|---|---|---|---|---|---|"]
+        lo, hi = m["referent_interval"]
+        lines.append(f"| {name} | all single-target | {m['referent_samples']} | "
+                     f"{_cell(m['referent_accuracy'], 'pct')} | {_cell(m['chance'], 'pct')} | "
+                     f"{_cell(lo, 'pct')}–{_cell(hi, 'pct')} |")
+        for group, key in (("kind", "referent_by_kind"), ("objects", "referent_by_objects")):
+            for value, r in m[key].items():
+                lines.append(f"| {name} | {group} {value} | {r['samples']} | "
+                             f"{_cell(r['referent_accuracy'], 'pct')} | "
+                             f"{_cell(r['chance'], 'pct')} | |")
+        if m.get("multi_samples"):
+            lines.append(f"| {name} | multi-target: instance recall / precision | "
+                         f"{m['multi_samples']} | {_cell(m['multi_instance_recall'], 'pct')} / "
+                         f"{_cell(m['multi_instance_precision'], 'pct')} | | |")
+    return "\n".join(lines) + "\n" if lines else ""

@@ -114,6 +114,7 @@ def build_tiny_qwen2_5_vl(
     tie_word_embeddings: bool = True,
     tokenizer_vocab_size: int = 1024,
     image_size: int = 112,
+    rope_theta: float = 10000.0,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
@@ -149,7 +150,7 @@ def build_tiny_qwen2_5_vl(
             num_attention_heads=num_heads,
             num_key_value_heads=num_heads,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+            rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta),
                              "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],

@@ -22,6 +22,11 @@ import numpy as np
 
 from rl.config import STAGES, RunConfig, differences, load_config, stage_key, to_dict
 from rl.context import RunContext
+from rl.files import write_json
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 class RecipeMismatch(ValueError):
@@ -30,14 +35,6 @@ class RecipeMismatch(ValueError):
 
 def log(msg: str) -> None:
     print(f"[getok] {msg}", flush=True)
-
-
-def write_json(path: Path, value, **kwargs) -> None:
-    """Write JSON so that a reader (or a run killed mid-write) sees the old file or the new one,
-    never half of one: write a sibling, then rename it over the target."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, **{"default": float, **kwargs}))
-    os.replace(tmp, path)
 
 
 def finished_parts(out: Path) -> list[str]:
@@ -79,7 +76,6 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
 def set_cpu_threads(threads: int | None) -> None:
     """On a CPU run, use `threads` torch threads (None: the cores this process may use,
     divided among the local processes)."""
-    import os
 
     import torch
 
@@ -91,20 +87,30 @@ def set_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+# Synthetic scenes of each split come from their own seed (data.seed + this): training,
+# held-out (reported), validation (learning curves, free to tune on).
+SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "validation": 2_000_003}
+
+
 def records(cfg: RunConfig, split: str):
-    """Training or held-out records: synthetic (held-out scenes use another seed) or rows from
-    `python -m rl.data --build rows`."""
+    """Training, held-out or validation records: synthetic (each split from its own seed) or
+    rows from `python -m rl.data --build rows` (no validation split)."""
     from rl.data.common import Record
     from rl.data.referring import synthetic_records
 
     d = cfg.data
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_SEEDS)}")
     if d.source == "synthetic":
-        n = d.n_train if split == "train" else d.n_eval
-        seed = d.seed if split == "train" else d.seed + 1_000_003
+        n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples}[split]
+        seed = d.seed + SPLIT_SEEDS[split]
         return list(synthetic_records(n, seed, d.image_size, tuple(d.objects), d.kinds,
-                                      tuple(d.textures)))
+                                      tuple(d.textures), distractors=d.distractors))
     from datasets import load_from_disk
 
+    if split == "validation":
+        raise ValueError("learning curves (eval.curve_every) need validation scenes: only "
+                         "data.source synthetic has them")
     folder = d.train_dir if split == "train" else d.eval_dir
     if folder is None:
         raise ValueError(f"data.{split}_dir is needed for data.source {d.source!r}")
@@ -113,6 +119,22 @@ def records(cfg: RunConfig, split: str):
     return [Record(r["id"], r["source"], np.asarray(r["image"].convert("RGB")), r["expression"],
                    json.loads(r["solution"]), r.get("kind", ""))
             for r in ds.select(range(min(n, len(ds))))]
+
+
+def picture_caption(row: dict, pred) -> str:
+    """What a picture says: the expression, its kind and objects, the IoU, and for a
+    single-target row whether the prediction picked the named object."""
+    sc = pred.score
+    head = f'"{row.get("expression", "")}"  [{row.get("kind") or "?"}'
+    head += f", {sc.num_objects} objects]" if sc is not None and sc.num_objects else "]"
+    if sc is None:
+        return head
+    tail = f"IoU {sc.iou:.2f}"
+    if sc.referent is not None:
+        tail += " - picked the named object" if sc.referent else " - missed the named object"
+    if not sc.parsed:
+        tail += " - answer did not parse"
+    return f"{head}\n{tail}"
 
 
 class Pipeline:
@@ -126,6 +148,7 @@ class Pipeline:
         self.ctx = RunContext.from_config(cfg, processor=None)
         self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
+        self.curves = None
 
     # ---- pieces ---------------------------------------------------------------------------
     def decoder(self):
@@ -195,6 +218,8 @@ class Pipeline:
 
         if self.resume(name):
             return None
+        if self.curves is not None:
+            self.curves.stage, self.curves.offset = name, 0
         t0 = time.perf_counter()
         model = load_model(current, self.cfg.model) if model is None else model
         model, hist = train(model)
@@ -230,11 +255,14 @@ class Pipeline:
         held_out = records(cfg, "eval")
         build = BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
                             refinement=cfg.sft.refinement,
-                            n_points=cfg.sft.refinement_points, seed=cfg.seed)
+                            n_points=cfg.sft.refinement_points,
+                            image_after_text=cfg.data.image_after_text, seed=cfg.seed)
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
             f"({cfg.data.source})")
         self.ctx.processor = AutoProcessor.from_pretrained(init_dir)
+        if cfg.eval.curve_every:
+            self.curves = self._curve_callback(build)
         model, current = None, init_dir
 
         if cfg.eval.enabled and "untrained" not in self._done_evals():
@@ -282,6 +310,14 @@ class Pipeline:
                                 rounds=cfg.eval.rounds)
             current = self.out / "grpo_stage2"
 
+        if cfg.eval.enabled and cfg.eval.shuffle_control and any(
+                r.get("objects") for r in self.eval_rows):
+            self._shuffle_control(model, current)
+        if self.curves is not None:
+            from rl.curves import plot_curves
+
+            plot_curves(self.curves.points, self.out / "plots" / "curves.png")
+            self.metrics["seconds"]["curves"] = self.curves.seconds
         if cfg.eval.enabled and cfg.eval.pictures:
             self._pictures()
         self.metrics["seconds"]["total"] = time.perf_counter() - t_start
@@ -289,6 +325,44 @@ class Pipeline:
         self._save_metrics()
         self._report()
         return self.metrics
+
+    def _shuffle_control(self, model, current: Path) -> dict:
+        """The final model on the held-out scenes with their expressions shuffled among rows
+        of the same kind (rl.evaluate.shuffled_rows): referent accuracy should fall to chance
+        if the model reads."""
+        from rl.evaluate import EvalSettings, evaluate_rows, shuffled_rows
+        from rl.models import load_model
+
+        final = current.name
+        rounds = self.cfg.eval.rounds if final == "grpo_stage2" else 0
+        model = load_model(current, self.cfg.model) if model is None else model
+        model.eval()
+        settings = EvalSettings(rounds, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
+        rows = shuffled_rows(self.eval_rows, self.prompts, seed=self.cfg.seed)
+        m, _ = evaluate_rows(model, rows, self.ctx, settings)
+        m["model"], m["refinement_rounds"] = final, rounds
+        self.metrics["controls"] = {"shuffled_expression": m}
+        real = self.metrics["evaluation"].get(final, {})
+        log(f"shuffled-expression control ({final}): referent accuracy "
+            f"{_fmt(m.get('referent_accuracy'))} (real expressions "
+            f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}), gIoU "
+            f"{m['gIoU']:.3f}")
+        return m
+
+    def _curve_callback(self, build):
+        """Learning curves on validation scenes (rl.curves), added to every trainer."""
+        from rl.curves import CurveCallback
+        from rl.data.samples import build_grpo_stage1
+        from rl.evaluate import EvalSettings
+
+        e = self.cfg.eval
+        rows = list(build_grpo_stage1(records(self.cfg, "validation"), self.prompts, build))
+        settings = EvalSettings(0, e.max_new_tokens, e.batch_size)
+        callback = CurveCallback(rows, self.ctx, settings, e.curve_every,
+                                 self.out / "curves.json")
+        self.ctx.callbacks.append(callback)
+        log(f"learning curves: {len(rows)} validation scenes every {e.curve_every} steps")
+        return callback
 
     def _stage2(self, model, rows, reference) -> tuple:
         """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train.
@@ -315,6 +389,8 @@ class Pipeline:
             ds = Dataset.from_list(list(build_grpo_stage2(rows, answers, self.prompts)))
             ds = ds.select_columns(["image", "prompt", "solution", "stage1"])
             last = done_steps + steps >= s2.max_steps
+            if self.curves is not None:
+                self.curves.offset = done_steps
             ctx = self.stage_context("grpo_stage2").with_output(self.out / "grpo_stage2",
                                                                 seed=cfg.seed + round_no)
             model, hist = run_grpo(s2, "grpo_stage2", ctx, model, ds, max_steps=steps,
@@ -335,15 +411,22 @@ class Pipeline:
         return set(self.metrics["evaluation"])
 
     def _pictures(self) -> None:
+        """Pictures of held-out predictions, taken in turn from each expression kind: the
+        expression and IoU written above, the named objects outlined, the prediction drawn."""
+        from rewards.solution import parse_solution
         from rl.evaluate import masks_for
         from rl.visualize import draw_prediction, refinement_marks
 
         preds = getattr(self, "last_predictions", None)
         if preds is None:
             return
-        for k, (pred, row) in enumerate(zip(preds, self.eval_rows, strict=False)):
-            if k >= self.cfg.eval.pictures:
-                break
+        by_kind: dict[str, list[int]] = {}
+        for k, row in enumerate(self.eval_rows):
+            by_kind.setdefault(row.get("kind", ""), []).append(k)
+        picked = [k for group in zip(*[iter(v) for v in by_kind.values()], strict=False)
+                  for k in group] if len(by_kind) > 1 else list(range(len(self.eval_rows)))
+        for k in picked[: self.cfg.eval.pictures]:
+            pred, row = preds[k], self.eval_rows[k]
             image = np.asarray(row["image"].convert("RGB"))
             h, w = image.shape[:2]
             mask = masks_for(self.decoder(), image, pred.instances, (w, h))
@@ -351,9 +434,10 @@ class Pipeline:
             if pred.refinements:
                 moves, deleted = refinement_marks(self._instances(pred.stage1),
                                                   pred.refinements[0], self.vocab)
+            gt = parse_solution(row["solution"], row=row.get("id"))
             draw_prediction(image, pred.instances, self.vocab,
-                            self.out / "pictures" / f"{k:02d}_{row['id']}.png", mask, moves,
-                            deleted)
+                            self.out / "pictures" / f"{k:04d}_{row['id']}.png", mask, moves,
+                            deleted, target_hw=gt.union_mask(), caption=picture_caption(row, pred))
 
     def _save_metrics(self) -> None:
         write_json(self.out / "metrics.json", self.metrics, indent=2)

@@ -144,7 +144,8 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
                      dataloader_num_workers=0, **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=True) if stage.lora else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset,
-                         processing_class=ctx.processor, peft_config=peft_config)
+                         processing_class=ctx.processor, peft_config=peft_config,
+                         callbacks=list(ctx.callbacks) or None)
     if stage.collate_cache:
         tok = getattr(ctx.processor, "tokenizer", ctx.processor)
         trainer.data_collator = PerSampleCollator(trainer.data_collator, tok.pad_token_id,

@@ -2,8 +2,9 @@
 
 `draw_prediction` shows the image with the grid lattice, the decoded mask (translucent), each
 box, each seg point, and for refinements each offset as an arrow and each deleted point crossed
-out. `plot_rewards` writes one PNG per stage with each reward term's mean over steps, from a TRL
-log history; `python -m rl.visualize runs/default` redraws them from a run's saved logs.
+out; with the ground truth, the named objects' outline (white) and a caption (the expression,
+the IoU). `plot_rewards` writes one PNG per stage with each reward term's mean over steps, from
+a TRL log history; `python -m rl.visualize runs/default` redraws them from a run's saved logs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ POINT_COLOUR = (255, 0, 0)
 ARROW_COLOUR = (255, 255, 0)
 DELETED_COLOUR = (255, 0, 255)
 GRID_COLOUR = (70, 70, 70)
+OUTLINE_COLOUR = (255, 255, 255)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return [line for part in text.split("\n") for line in textwrap.wrap(part, width) or [""]]
 
 
 def refinement_marks(instances: Sequence[Instance], refinement, vocab: SpatialVocab
@@ -47,14 +55,18 @@ def refinement_marks(instances: Sequence[Instance], refinement, vocab: SpatialVo
 
 def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
                     mask_hw: np.ndarray | None = None, moves: Sequence = (),
-                    deleted: Sequence = (), scale: int | None = None) -> Path:
+                    deleted: Sequence = (), scale: int | None = None,
+                    target_hw: np.ndarray | None = None, caption: str = "") -> Path:
     """Save a picture of one prediction.
 
     image: (H, W, 3) array or PIL image. instances: final instances (normalized). mask_hw: the
     decoded mask in the image frame, drawn translucent. moves: ((x0, y0), (x1, y1)) offsets
-    drawn as arrows; deleted: (x, y) points drawn crossed out (normalized).
+    drawn as arrows; deleted: (x, y) points drawn crossed out (normalized). target_hw: the
+    ground-truth mask (the named objects), drawn as a white outline. caption: text written
+    above the picture (e.g. the expression and the IoU).
     """
     from PIL import Image, ImageDraw
+    from scipy.ndimage import binary_erosion
 
     from tokens.decoders import as_image_array, resize_mask
 
@@ -84,6 +96,22 @@ def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, p
             d.rectangle([x1 * W, y1 * H, x2 * W, y2 * H], outline=BOX_COLOUR, width=2)
         for x, y in inst.points:
             d.ellipse([x * W - r, y * H - r, x * W + r, y * H + r], fill=POINT_COLOUR)
+    if target_hw is not None and target_hw.any():
+        t = resize_mask(target_hw.astype(bool), H, W)
+        edge = t & ~binary_erosion(t, iterations=2)
+        arr = np.asarray(pic).copy()
+        arr[edge] = OUTLINE_COLOUR
+        pic = Image.fromarray(arr)
+    if caption:
+        lines = _wrap(caption, max(20, W // 7))
+        band = Image.new("RGB", (W, 14 * len(lines) + 6), (0, 0, 0))
+        bd = ImageDraw.Draw(band)
+        for k, line in enumerate(lines):
+            bd.text((4, 3 + 14 * k), line, fill=(255, 255, 255))
+        full = Image.new("RGB", (W, band.height + H))
+        full.paste(band, (0, 0))
+        full.paste(pic, (0, band.height))
+        pic = full
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pic.save(path)

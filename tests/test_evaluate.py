@@ -90,3 +90,46 @@ def test_asking_for_vllm_without_it_says_how_to_get_it(grid8_model, tmp_path):
         pytest.skip("vLLM is installed here")
     with pytest.raises(RuntimeError, match="needs vLLM"):
         VLLMGenerator(grid8_model, None)
+
+
+def test_shuffled_expressions_keep_kinds_and_scenes():
+    from rl.evaluate import shuffled_rows
+
+    prompts = load_prompts()
+    rows = list(build_grpo_stage1(synthetic_records(40, seed=4, objects=(2, 4),
+                                                    distractors="share"), prompts,
+                                  BuildConfig(image_after_text=True)))
+    out = shuffled_rows(rows, prompts, seed=1)
+    assert out == shuffled_rows(rows, prompts, seed=1)
+    by_id = {r["id"]: r for r in rows}
+    for a, b in zip(rows, out, strict=True):
+        assert (b["id"], b["kind"], b["solution"], b["objects"], b["targets"]) == \
+               (a["id"], a["kind"], a["solution"], a["objects"], a["targets"])
+        assert b["image"] is a["image"]
+        donor = by_id[b["shuffled_from"]]
+        assert donor["kind"] == a["kind"] and b["expression"] == donor["expression"]
+        if sum(r["kind"] == a["kind"] for r in rows) > 1:
+            assert donor["id"] != a["id"]
+        parts = b["prompt"][0]["content"]
+        assert [p["type"] for p in parts] == ["text", "image"]  # the image stays where it was
+        assert parts[0]["text"] == prompts["stage1"].format(expression=b["expression"])
+    # a permutation within each kind: every expression is used once
+    for kind in {r["kind"] for r in rows}:
+        assert sorted(r["expression"] for r in rows if r["kind"] == kind) == \
+               sorted(r["expression"] for r in out if r["kind"] == kind)
+
+
+def test_scene_objects_bad_input_names_the_row():
+    import pytest
+
+    from rl.evaluate import scene_objects
+
+    assert scene_objects("", "[]", 3) is None
+    with pytest.raises(ValueError, match="row 3: field objects/targets"):
+        scene_objects("not json", "[0]", 3)
+    rows = list(build_grpo_stage1(synthetic_records(1, seed=4, objects=(2, 2)), load_prompts(),
+                                  BuildConfig()))
+    with pytest.raises(ValueError, match="row 7: field targets"):
+        scene_objects(rows[0]["objects"], "[5]", 7)
+    masks, named = scene_objects(rows[0]["objects"], rows[0]["targets"], 0)
+    assert masks.shape == (2, 112, 112) and masks.dtype == bool

@@ -96,3 +96,106 @@ def test_report_per_dataset_and_split_and_its_table():
         in table
     with pytest.raises(ValueError, match="3 dataset names for 5 scores"):
         report(scores, names[:3])
+
+
+# ---- reading: referent accuracy, intervals ------------------------------------------------
+
+def _three_objects():
+    """Three 10x10 objects side by side in a 10x40 frame: columns 0-9, 15-24, 30-39."""
+    objs = np.zeros((3, 10, 40), dtype=bool)
+    objs[0, :, 0:10] = objs[1, :, 15:25] = objs[2, :, 30:40] = True
+    return objs
+
+
+def _referent(pred, targets, objs=None):
+    from rl.metrics import score_referents
+
+    objs = _three_objects() if objs is None else objs
+    gt = np.any(objs[targets], axis=0)
+    s = score_sample(pred, gt, None, [], [(0, 0, 1, 1)] * len(targets), True)
+    return score_referents(s, pred, [pred], objs, targets)
+
+
+def test_a_prediction_on_a_distractor_scores_zero_referent():
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 30:40] = True  # exactly the third object
+    s = _referent(pred, [0])
+    assert s.referent is False and s.num_objects == 3
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 0:10] = True
+    assert _referent(pred, [0]).referent is True
+
+
+def test_a_prediction_over_two_objects_counts_for_the_larger_overlap():
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 5:25] = True  # 50 pixels of object 0, 100 of object 1
+    assert _referent(pred, [1]).referent is True
+    assert _referent(pred, [0]).referent is False
+    tie = np.zeros((10, 40), dtype=bool)
+    tie[:, 5:20] = True  # 50 and 50: picks neither
+    assert _referent(tie, [0]).referent is False and _referent(tie, [1]).referent is False
+    assert _referent(np.zeros((10, 40), bool), [0]).referent is False  # nothing predicted
+
+
+def test_multi_target_recall_and_precision_by_hand():
+    from rl.metrics import reading, score_referents
+
+    objs = _three_objects()
+    on0, on2 = np.zeros((10, 40), bool), np.zeros((10, 40), bool)
+    on0[:, 0:10], on2[:, 30:40] = True, True
+    union = on0 | on2
+    s = score_sample(union, objs[0] | objs[1], None, [(0, 0, 1, 1)] * 2,
+                     [(0, 0, 1, 1)] * 2, True, kind="multi")
+    score_referents(s, union, [on0, on2], objs, [0, 1])
+    assert s.targets_found == 1 and s.instances_on_target == 1
+    r = reading([s])
+    assert r["multi_instance_recall"] == 0.5 and r["multi_instance_precision"] == 0.5
+
+
+def test_reading_summary_per_kind_count_and_chance():
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 0:10] = True
+    hit = _referent(pred, [0])
+    hit.kind = "attribute"
+    miss = _referent(pred, [2])
+    miss.kind = "relation"
+    two = _referent(pred, [0], _three_objects()[:2])
+    two.kind = "attribute"
+    m = summarize([hit, miss, two])
+    assert m["referent_accuracy"] == 2 / 3 and m["referent_samples"] == 3
+    assert np.isclose(m["chance"], (1 / 3 + 1 / 3 + 1 / 2) / 3)
+    assert m["referent_by_kind"]["attribute"]["referent_accuracy"] == 1.0
+    assert m["referent_by_kind"]["relation"]["referent_accuracy"] == 0.0
+    assert m["referent_by_objects"]["2"] == {"samples": 1, "referent_accuracy": 1.0,
+                                             "chance": 0.5}
+    lo, hi = m["referent_interval"]
+    assert 0 <= lo <= 2 / 3 <= hi <= 1
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_samples():
+    from rl.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    small = rng.random(50)
+    big = rng.random(5000)
+    lo, hi = bootstrap_interval(small)
+    assert lo < small.mean() < hi
+    blo, bhi = bootstrap_interval(big)
+    assert bhi - blo < (hi - lo) / 5
+    assert bootstrap_interval([0.5, 0.5, 0.5]) == [0.5, 0.5]
+    assert bootstrap_interval([]) is None
+    # ratio of sums (cIoU): resampled as pairs
+    lo, hi = bootstrap_interval([1, 1, 1, 1], [2, 2, 2, 2])
+    assert lo == hi == 0.5
+
+
+def test_reading_table_lists_kinds_and_counts():
+    from rl.metrics import reading_table, report
+
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 0:10] = True
+    a = _referent(pred, [0])
+    a.kind = "attribute"
+    table = reading_table(report([a], ["synthetic/val"]))
+    assert "kind attribute" in table and "objects 3" in table and "33.3" in table
+    assert reading_table(report([score_sample(pred, pred, None, [], [], True)], ["x"])) == ""

@@ -105,3 +105,54 @@ def test_make_expression_returns_none_when_impossible():
     rng = np.random.default_rng(0)
     _, objs = draw_scene(rng, (96, 96), 1)
     assert make_expression(objs, "multi", rng) is None
+
+
+def test_confusable_pairs_share_the_anchors_colour_or_shape():
+    from rl.data.scenes import confusable_pairs
+
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(2, 5))
+        pairs = confusable_pairs(rng, n)
+        (shape, colour), others = pairs[0], pairs[1:]
+        assert len(set(pairs)) == n
+        assert all((s == shape) != (c == colour) for s, c in others)  # exactly one shared
+        if n >= 3:
+            assert any(c == colour for _, c in others) and any(s == shape for s, _ in others)
+
+
+def test_the_distractor_rule_holds_on_every_row():
+    """With distractors="share": a single-target row's every other object shares the named
+    object's colour or shape, and from three objects on neither attribute alone picks it out;
+    a no-target row names an absent object sharing the scene's shapes or colours."""
+    from rl.data.referring import SINGLE_TARGET_KINDS
+
+    recs = list(synthetic_records(300, seed=9, objects=(2, 4), distractors="share"))
+    assert {r.kind for r in recs} == {"attribute", "relation", "superlative", "multi", "none"}
+    assert {r.extra["num_objects"] for r in recs} == {2, 3, 4}
+    for r in recs:
+        scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
+        targets = r.extra["targets"]
+        assert resolve(r.expression, scene) == targets
+        assert len(json.loads(r.extra["objects"])) == len(scene)
+        if r.kind in SINGLE_TARGET_KINDS:
+            (t,) = targets
+            others = [v for k, v in enumerate(scene) if k != t]
+            same_colour = [v for v in others if v.colour == scene[t].colour]
+            same_shape = [v for v in others if v.shape == scene[t].shape]
+            assert all(v in same_colour or v in same_shape for v in others), r.expression
+            if len(scene) >= 3:
+                assert same_colour and same_shape, r.expression
+        elif r.kind == "none":
+            shape, colour = r.expression.removeprefix("the ").split(" ")[::-1]
+            assert any(v.shape == shape for v in scene) or any(v.colour == colour
+                                                                for v in scene)
+    with pytest.raises(ValueError, match="unknown distractors"):
+        list(synthetic_records(1, distractors="some"))
+
+
+def test_random_scenes_are_unchanged_by_the_distractor_option():
+    a = list(synthetic_records(10, seed=5))
+    b = list(synthetic_records(10, seed=5, distractors="any"))
+    assert [r.expression for r in a] == [r.expression for r in b]
+    assert all((x.image == y.image).all() for x, y in zip(a, b, strict=True))

@@ -23,7 +23,7 @@ def tiny_overrides(out: Path) -> dict:
         "sft": {"max_steps": 150},
         "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3},
-        "eval": {"pictures": 2},
+        "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},
     }
 
 
@@ -106,3 +106,20 @@ def test_finished_stages_are_skipped_on_resume(run, capsys):
     printed = capsys.readouterr().out
     assert "sft: done already" in printed and "grpo_stage2: done already" in printed
     assert again["evaluation"]["grpo_stage1"] == metrics["evaluation"]["grpo_stage1"]
+
+
+def test_learning_curves_cover_every_stage(run):
+    out, metrics, _ = run
+    points = json.loads((out / "curves.json").read_text())
+    assert [(p["stage"], p["step"]) for p in points] == [
+        ("sft", 50), ("sft", 100), ("sft", 150), ("grpo_stage1", 3), ("grpo_stage2", 2)]
+    assert all(0 <= p["gIoU"] <= 1 for p in points)
+    assert (out / "plots" / "curves.png").is_file() and metrics["seconds"]["curves"] > 0
+
+
+def test_shuffled_expression_control_and_captioned_pictures(run):
+    out, metrics, _ = run
+    control = metrics["controls"]["shuffled_expression"]
+    assert control["samples"] == 16 and control["model"] == "grpo_stage2"
+    assert "referent_accuracy" in metrics["evaluation"]["grpo_stage2"]
+    assert len(list((out / "pictures").glob("*.png"))) == 2

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", default="1,3", help="synthetic: min,max objects per scene")
     p.add_argument("--kinds", default=None,
                    help='synthetic: JSON weights of expression kinds, e.g. {"attribute": 1}')
+    p.add_argument("--distractors", default="any", choices=("any", "share"),
+                   help="synthetic: shapes drawn at random (default), or every distractor "
+                        "sharing the named object's colour or shape (reading needed)")
     p.add_argument("--grid-size", type=int, default=32)
     p.add_argument("--decoder", default="region",
                    help='mask decoder: "region", or JSON like {"name": "sam", "variant": "vit_h", '
@@ -85,7 +88,8 @@ def records_for(args, skips):
     if args.source == "synthetic":
         lo, hi = (int(x) for x in args.objects.split(","))
         kinds = json.loads(args.kinds) if args.kinds else DEFAULT_KIND_WEIGHTS
-        return synthetic_records(args.n, args.seed, args.image_size or 112, (lo, hi), kinds)
+        return synthetic_records(args.n, args.seed, args.image_size or 112, (lo, hi), kinds,
+                                 distractors=args.distractors)
     if not args.root:
         raise SystemExit(f"--source {args.source} needs --root")
     if args.source in ("refcoco", "grefcoco"):

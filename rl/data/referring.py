@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from rl.data.common import Record
-from rl.data.scenes import COLOURS, SHAPES, SceneObject, draw_scene
+from rl.data.scenes import COLOURS, SHAPES, SceneObject, confusable_pairs, draw_scene
 
 KINDS = ("attribute", "relation", "superlative", "multi", "none")
 DEFAULT_KIND_WEIGHTS = {"attribute": 0.4, "relation": 0.15, "superlative": 0.15, "multi": 0.15,
                         "none": 0.15}
+DISTRACTORS = ("any", "share")
 MARGIN = 0.05
 AREA_RATIO = 1.25
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
@@ -179,23 +180,55 @@ def _candidates(kind: str, views, rng) -> list[tuple[str, list[int]]]:
     return out
 
 
-def make_expression(objects: Sequence[SceneObject], kind: str,
-                    rng: np.random.Generator) -> tuple[str, list[int]] | None:
+SINGLE_TARGET_KINDS = ("attribute", "relation", "superlative")
+
+
+def _shares(views, name: tuple[str, str]) -> int:
+    """How many of (shape, colour) of `name` some object of the scene has (0, 1 or 2)."""
+    shape, colour = name
+    return int(any(v.shape == shape for v in views)) + int(any(v.colour == colour for v in views))
+
+
+def make_expression(objects: Sequence[SceneObject], kind: str, rng: np.random.Generator,
+                    focus: int | None = None) -> tuple[str, list[int]] | None:
     """One unambiguous expression of `kind` for the scene, with its targets; None if the scene
-    admits none (e.g. "multi" with every shape and colour unique)."""
+    admits none (e.g. "multi" with every shape and colour unique).
+
+    With `focus` (the anchor of a `confusable_pairs` scene), a single-target expression must
+    name that object, and a no-target expression names an absent object whose shape and colour
+    both occur in the scene where one exists, else one that shares one of them: the text has
+    to be read to tell the answer from its distractors."""
     views = [SceneView.of(o) for o in objects]
     cands = _candidates(kind, views, rng)
-    for k in rng.permutation(len(cands)):
-        text, intended = cands[int(k)]
+    order = [int(k) for k in rng.permutation(len(cands))]
+    if focus is not None and kind == "none":
+        names = [tuple(t.removeprefix("the ").split(" ")[::-1]) for t, _ in cands]
+        best = max((_shares(views, n) for n in names), default=0)
+        order = [k for k in order if _shares(views, names[k]) == best]
+    for k in order:
+        text, intended = cands[k]
         try:
             got = resolve(text, views)
         except AmbiguousExpression:
+            continue
+        if focus is not None and kind in SINGLE_TARGET_KINDS and got != [focus]:
             continue
         if kind == "superlative" and len(got) == 1:
             return text, got
         if sorted(got) == sorted(intended):
             return text, got
     return None
+
+
+def objects_json(objects: Sequence[SceneObject]) -> str:
+    """Every object's visible mask as a compressed COCO RLE, in drawing order, as JSON."""
+    from pycocotools import mask as mask_utils
+
+    rles = []
+    for o in objects:
+        rle = mask_utils.encode(np.asfortranarray(o.mask_hw.astype(np.uint8)))
+        rles.append({"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")})
+    return json.dumps(rles)
 
 
 def scene_json(objects: Sequence[SceneObject]) -> str:
@@ -207,9 +240,19 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                       objects: tuple[int, int] = (1, 3),
                       kinds: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
                       textures: tuple[str, ...] = ("flat", "noise", "stripes"),
-                      min_radius: float = 0.12, max_radius: float = 0.25):
-    """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only)."""
+                      min_radius: float = 0.12, max_radius: float = 0.25,
+                      distractors: str = "any"):
+    """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only).
+
+    distractors: "any" draws each scene's (shape, colour) pairs at random; "share" draws them
+    with `confusable_pairs` (every distractor shares the anchor's colour or shape) in a random
+    drawing order, and single-target expressions name the anchor (see `make_expression`).
+    Each record keeps every scene object's mask (`extra["objects"]`, COCO RLEs) and which of
+    them the expression names (`extra["targets"]`), for referent accuracy."""
     from rewards.solution import make_solution
+
+    if distractors not in DISTRACTORS:
+        raise ValueError(f"unknown distractors {distractors!r}; known: {DISTRACTORS}")
 
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -227,12 +270,17 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
             n_obj = int(rng.integers(objects[0], objects[1] + 1))
             if kind == "multi":
                 n_obj = max(n_obj, 2)
+            pairs = focus = None
+            if distractors == "share":
+                pairs = confusable_pairs(rng, n_obj)
+                order = [int(k) for k in rng.permutation(n_obj)]
+                pairs, focus = [pairs[k] for k in order], order.index(0)
             try:
                 image, objs = draw_scene(rng, (image_size, image_size), n_obj, min_radius,
-                                         max_radius, textures=textures)
+                                         max_radius, textures=textures, pairs=pairs)
             except RuntimeError:  # an unlucky layout; draw another
                 continue
-            made = make_expression(objs, kind, rng)
+            made = make_expression(objs, kind, rng, focus)
             if made is not None:
                 break
         else:
@@ -242,4 +290,5 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                             [objs[k].box_xyxy_px for k in targets])
         yield Record(id=f"synthetic-{seed}-{i}", source="synthetic", image=image,
                      expression=text, solution=sol, kind=kind,
-                     extra={"scene": scene_json(objs), "num_objects": len(objs)})
+                     extra={"scene": scene_json(objs), "num_objects": len(objs),
+                            "objects": objects_json(objs), "targets": list(targets)})

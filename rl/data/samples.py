@@ -61,8 +61,13 @@ def text_part(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
-def user_turn(text: str, image: bool = False) -> dict:
-    parts = ([{"type": "image", "text": None}] if image else []) + [text_part(text)]
+def user_turn(text: str, image: bool = False, image_after_text: bool = False) -> dict:
+    """A user turn; with `image`, the image part comes before the text, or after it when
+    `image_after_text` (with causal attention the image tokens then see the question)."""
+    parts = [text_part(text)]
+    if image:
+        img = {"type": "image", "text": None}
+        parts = parts + [img] if image_after_text else [img] + parts
     return {"role": "user", "content": parts}
 
 
@@ -90,7 +95,13 @@ class BuildConfig:
     quotas: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
     jitter_cells: float = 1.0
     refinement: bool = True
+    image_after_text: bool = False
     seed: int = 0
+
+    def question(self, prompts: Mapping[str, str], expression: str) -> dict:
+        """The stage-1 user turn: the question with the image."""
+        return user_turn(prompts["stage1"].format(expression=expression), image=True,
+                         image_after_text=self.image_after_text)
 
     def answer_codec(self) -> Codec:
         codec = self.codec or GridCodec(self.vocab)
@@ -137,7 +148,9 @@ def base_columns(rec: Record, image: np.ndarray) -> dict:
     return {"id": rec.id, "source": rec.source, "split": str(rec.extra.get("split", "")),
             "instance": str(rec.extra.get("instance", rec.id)), "image": Image.fromarray(image),
             "expression": rec.expression, "kind": rec.kind,
-            "solution": json.dumps(rec.solution)}
+            "solution": json.dumps(rec.solution),
+            "objects": str(rec.extra.get("objects", "")),
+            "targets": json.dumps(rec.extra.get("targets", []))}
 
 
 def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mapping[str, str],
@@ -172,11 +185,10 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
         instances = [codec.target_instance(tuple(float(c) for c in gt.boxes_norm[k]),
                                            r.points(v), masks[k])
                      for k, r in enumerate(results)]
-        question = prompts["stage1"].format(expression=rec.expression)
         think = prompts["think"].format(expression=rec.expression)
         stage1_text = codec.serialize_answer(instances, think=think)
         row = base_columns(rec, image)
-        yield {**row, "task": "stage1", "prompt": [user_turn(question, image=True)],
+        yield {**row, "task": "stage1", "prompt": [cfg.question(prompts, rec.expression)],
                "completion": [assistant_turn(stage1_text)], "stage1": "",
                "conversion_iou": float(min(ious)) if ious else 1.0}
         stats.count("stage1")
@@ -189,7 +201,7 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
         target = serialize_refinement([(ex.box_ops, ex.seg_ops or None) for ex in examples],
                                       think=prompts["think_refine"], vocab=v)
         yield {**row, "task": "refine",
-               "prompt": [user_turn(question, image=True), assistant_turn(sim_stage1),
+               "prompt": [cfg.question(prompts, rec.expression), assistant_turn(sim_stage1),
                           user_turn(prompts["stage2"])],
                "completion": [assistant_turn(target)], "stage1": sim_stage1,
                "conversion_iou": float(min(ious))}
@@ -201,8 +213,7 @@ def build_grpo_stage1(records: Iterable[Record], prompts: Mapping[str, str],
     """GRPO stage-1 rows: the question with the image, and the `solution` for the rewards."""
     for rec in records:
         image = resize_image(_to_image(rec.image), cfg.image_size)
-        question = prompts["stage1"].format(expression=rec.expression)
-        yield {**base_columns(rec, image), "prompt": [user_turn(question, image=True)]}
+        yield {**base_columns(rec, image), "prompt": [cfg.question(prompts, rec.expression)]}
 
 
 def build_grpo_stage2(rows: Iterable[Mapping], stage1_answers: Iterable[str],

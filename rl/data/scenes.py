@@ -98,12 +98,33 @@ def _paint(image: np.ndarray, mask: np.ndarray, colour: str, texture: str,
     image[mask] = np.clip(base + delta, 0, 255).astype(np.uint8)
 
 
+def confusable_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """`n` distinct (shape, colour) pairs around an anchor (the first pair): every other pair
+    shares the anchor's colour or its shape, and from three pairs on, at least one shares the
+    colour and one the shape, so neither attribute alone picks the anchor out."""
+    shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], \
+        list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    pairs = [(shape, colour)]
+    first = ["colour", "shape"] if rng.random() < 0.5 else ["shape", "colour"]
+    for j in range(1, n):
+        share = first[j - 1] if j <= 2 else ("colour" if rng.random() < 0.5 else "shape")
+        if share == "colour":
+            free = [s for s in SHAPES if (s, colour) not in pairs]
+            pairs.append((free[int(rng.integers(len(free)))], colour))
+        else:
+            free = [c for c in COLOURS if (shape, c) not in pairs]
+            pairs.append((shape, free[int(rng.integers(len(free)))]))
+    return pairs
+
+
 def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
                n_objects: int = 3, min_radius: float = 0.08, max_radius: float = 0.22,
                min_visible: float = 0.5, textures: tuple[str, ...] = ("flat",),
+               pairs: list[tuple[str, str]] | None = None,
                ) -> tuple[np.ndarray, list[SceneObject]]:
     """Draw `n_objects` shapes of distinct (shape, colour) pairs on a (H, W) = `size` image,
-    each painted with a texture drawn from `textures`.
+    each painted with a texture drawn from `textures`. `pairs` gives the (shape, colour) of
+    each object in drawing order (default: drawn at random).
 
     Radii are fractions of the shorter side. An object that would cover more than
     1 - `min_visible` of one drawn before it, or touch one of its colour, is re-drawn
@@ -113,12 +134,14 @@ def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
     h, w = size
     image = np.empty((h, w, 3), dtype=np.uint8)
     image[:] = BACKGROUND
-    pairs = [(s, c) for s in SHAPES for c in COLOURS]
-    chosen = rng.choice(len(pairs), size=n_objects, replace=False)
+    if pairs is None:
+        every = [(s, c) for s in SHAPES for c in COLOURS]
+        pairs = [every[k] for k in rng.choice(len(every), size=n_objects, replace=False)]
+    elif len(pairs) != n_objects or len(set(pairs)) != len(pairs):
+        raise ValueError(f"pairs must be {n_objects} distinct (shape, colour) pairs: {pairs}")
     full_masks: list[np.ndarray] = []
     objects: list[SceneObject] = []
-    for k in chosen:
-        shape, colour = pairs[k]
+    for shape, colour in pairs:
         for _attempt in range(50):
             r = rng.uniform(min_radius, max_radius) * min(h, w)
             cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
