@@ -55,6 +55,9 @@ class DataConfig:
     n_eval: int = 200
     image_size: int = 112
     objects: list = field(default_factory=lambda: [1, 3])
+    # Objects per training scene when they differ from the held-out ones (null: `objects`);
+    # e.g. [1, 4]: lone shapes teach localization while scenes of 2-4 teach reading.
+    train_objects: list | None = None
     kinds: dict = field(default_factory=lambda: {"attribute": 0.4, "relation": 0.15,
                                                  "superlative": 0.15, "multi": 0.15,
                                                  "none": 0.15})
@@ -105,6 +108,7 @@ class SFTStageConfig:
     collate_cache: int = 0
     refinement: bool = True
     refinement_points: int = 12  # points per simulated stage-1 answer (spec §5: K = 12)
+    refinement_share: float = 1.0  # share of records with targets that get a dialogue
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

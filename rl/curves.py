@@ -24,8 +24,8 @@ CURVE_KEYS = ("gIoU", "cIoU", "Acc@0.5", "referent_accuracy", "chance", "no_targ
 def curve_point(stage: str, step: int, metrics: dict) -> dict:
     point = {"stage": stage, "step": step}
     point.update({k: metrics.get(k) for k in CURVE_KEYS})
-    point["referent_by_kind"] = {k: v["referent_accuracy"]
-                                 for k, v in metrics.get("referent_by_kind", {}).items()}
+    for key in ("referent_by_kind", "referent_by_objects"):
+        point[key] = {k: v["referent_accuracy"] for k, v in metrics.get(key, {}).items()}
     return point
 
 

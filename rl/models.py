@@ -115,12 +115,16 @@ def build_tiny_qwen2_5_vl(
     tokenizer_vocab_size: int = 1024,
     image_size: int = 112,
     rope_theta: float = 10000.0,
+    spatial_merge_size: int = 2,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
 
     `image_size` fixes the processor's pixel budget so every image becomes
-    (image_size / 28)² merged visual tokens (16 at 112 px).
+    (image_size / (14 * spatial_merge_size))² visual tokens (16 at 112 px with the usual 2×2
+    merge, 64 with `spatial_merge_size=1`). `rope_theta`: the language model's rotary base;
+    multimodal RoPE gives image rows and columns its lowest frequencies, which at 10,000 and a
+    head size of 32 barely turn over a 4×4 image (see configs/default.yaml).
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
     import torch
@@ -165,6 +169,7 @@ def build_tiny_qwen2_5_vl(
             out_hidden_size=hidden_size,
             fullatt_block_indexes=[vision_depth - 1],
             window_size=112,
+            spatial_merge_size=spatial_merge_size,
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -175,8 +180,10 @@ def build_tiny_qwen2_5_vl(
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels)
+    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels,
+                                            merge_size=spatial_merge_size)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels,
+                                            merge_size=spatial_merge_size)
     processor = Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -104,7 +104,8 @@ def records(cfg: RunConfig, split: str):
     if d.source == "synthetic":
         n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples}[split]
         seed = d.seed + SPLIT_SEEDS[split]
-        return list(synthetic_records(n, seed, d.image_size, tuple(d.objects), d.kinds,
+        objects = d.train_objects if split == "train" and d.train_objects else d.objects
+        return list(synthetic_records(n, seed, d.image_size, tuple(objects), d.kinds,
                                       tuple(d.textures), distractors=d.distractors))
     from datasets import load_from_disk
 
@@ -256,6 +257,7 @@ class Pipeline:
         build = BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
                             refinement=cfg.sft.refinement,
                             n_points=cfg.sft.refinement_points,
+                            refinement_share=cfg.sft.refinement_share,
                             image_after_text=cfg.data.image_after_text, seed=cfg.seed)
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
@@ -356,6 +358,11 @@ class Pipeline:
         from rl.evaluate import EvalSettings
 
         e = self.cfg.eval
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if processes > 1:
+            log(f"learning curves (eval.curve_every) are measured in single-process runs only: "
+                f"off for this run of {processes} processes")
+            return None
         rows = list(build_grpo_stage1(records(self.cfg, "validation"), self.prompts, build))
         settings = EvalSettings(0, e.max_new_tokens, e.batch_size)
         callback = CurveCallback(rows, self.ctx, settings, e.curve_every,

@@ -31,7 +31,9 @@ def test_stage_keys_ignore_output_and_later_stages():
     g32 = load_config(ROOT / "configs" / "grid_study" / "grid_32.yaml")
     g32o = load_config(ROOT / "configs" / "grid_study" / "grid_32_offsets.yaml")
     assert stage_key(g32, "grpo_stage1") == stage_key(g32o, "grpo_stage1")
-    assert stage_key(g32, "sft") != stage_key(full, "sft")
+    g16 = load_config(ROOT / "configs" / "grid_study" / "grid_16.yaml")
+    assert stage_key(g32, "sft") == stage_key(full, "sft")  # the default is grid 32
+    assert stage_key(g16, "sft") != stage_key(full, "sft")
 
 
 def test_every_ablation_file_changes_one_thing(capsys):

@@ -38,3 +38,13 @@ def test_validation_scenes_are_neither_training_nor_held_out():
                 or ids["eval"] & ids["validation"])
     with pytest.raises(ValueError, match="unknown split"):
         records(cfg, "test")
+
+
+def test_training_scenes_may_have_their_own_object_counts():
+    cfg = load_config(overrides={"data": {"n_train": 30, "n_eval": 30, "objects": [2, 4],
+                                          "train_objects": [1, 1],
+                                          "kinds": {"attribute": 1.0, "none": 0.5}},
+                                 "eval": {"curve_samples": 30}})
+    assert {r.extra["num_objects"] for r in records(cfg, "train")} == {1}
+    assert {r.extra["num_objects"] for r in records(cfg, "eval")} >= {2, 3}
+    assert min(r.extra["num_objects"] for r in records(cfg, "validation")) >= 2

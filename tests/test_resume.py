@@ -26,7 +26,7 @@ def recipe(out: Path, **sections) -> dict:
          "sft": {"max_steps": 60},
          "grpo_stage1": {"max_steps": 60, "n_prompts": 16},
          "grpo_stage2": {"max_steps": 2, "n_prompts": 8},
-         "eval": {"pictures": 0}}
+         "eval": {"pictures": 0, "curve_every": 0}}
     for k, v in sections.items():
         r[k] = {**r.get(k, {}), **v}
     return r

@@ -132,3 +132,22 @@ def test_other_codecs_write_the_stage1_answers(name, params):
             assert box([text], solution=[row["solution"]])[0] >= 0.9
     with pytest.raises(ValueError, match="refinement data is written in offset tokens"):
         sft_rows(2, codec=codec)
+
+
+def test_refinement_share_keeps_a_part_of_the_dialogues():
+    recs = list(synthetic_records(60, seed=3, objects=(2, 3), kinds={"attribute": 1.0}))
+    prompts = load_prompts()
+    every = [r["task"] for r in build_sft(recs, RegionDecoder(), prompts, BuildConfig())]
+    some = [r["task"] for r in build_sft(recs, RegionDecoder(), prompts,
+                                         BuildConfig(refinement_share=0.25))]
+    assert every.count("refine") == 60 and some.count("stage1") == 60
+    assert 5 <= some.count("refine") <= 25
+
+
+def test_image_after_text_puts_the_image_last_in_the_question():
+    recs = list(synthetic_records(2, seed=3))
+    first, after = (list(build_grpo_stage1(recs, load_prompts(),
+                                           BuildConfig(image_after_text=flag)))
+                    for flag in (False, True))
+    assert [p["type"] for p in first[0]["prompt"][0]["content"]] == ["image", "text"]
+    assert [p["type"] for p in after[0]["prompt"][0]["content"]] == ["text", "image"]

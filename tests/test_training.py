@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_overrides(out: Path) -> dict:
     return {
         "output_dir": str(out), "logging_steps": 1, "progress_bars": False,
-        "data": {"n_train": 160, "n_eval": 16, "prompts": str(ROOT / "configs" /
-                                                               "default_prompts.yaml")},
-        "sft": {"max_steps": 150},
+        # The mechanics on the easy task (one shape, 8-grid, every record with a refinement
+        # dialogue), where 150 cold-start steps give stage 2 instances to refine.
+        "model": {"grid_size": 8},
+        "data": {"n_train": 160, "n_eval": 16, "objects": [1, 1], "train_objects": None,
+                 "kinds": {"attribute": 1.0, "replace": True}, "distractors": "any",
+                 "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "sft": {"max_steps": 150, "refinement_share": 1.0},
         "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3},
         "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},

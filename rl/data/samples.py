@@ -81,8 +81,10 @@ class BuildConfig:
 
     image_size: resize images to this square size (None: keep). tau, max_tokens: greedy
     conversion (§4). min_iou: drop samples whose tokens reproduce a mask worse than this (None:
-    keep all). n_points, quotas, jitter_cells: refinement data (§5). codec: how stage-1 answers
-    write the geometry (None: grid tokens of `vocab`); refinement data is grid-only.
+    keep all). n_points, quotas, jitter_cells: refinement data (§5); refinement_share: the
+    share of records that get a refinement dialogue (1.0: every record with targets). codec:
+    how stage-1 answers write the geometry (None: grid tokens of `vocab`); refinement data is
+    grid-only.
     """
 
     vocab: SpatialVocab = field(default_factory=SpatialVocab)
@@ -95,6 +97,7 @@ class BuildConfig:
     quotas: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
     jitter_cells: float = 1.0
     refinement: bool = True
+    refinement_share: float = 1.0
     image_after_text: bool = False
     seed: int = 0
 
@@ -157,7 +160,8 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
               cfg: BuildConfig, skips: Skips | None = None,
               stats: BuildStats | None = None) -> Iterator[dict]:
     """SFT rows (`prompt`/`completion` conversations) for stage 1 and, when `cfg.refinement`,
-    an offset-refinement dialogue per record that has targets."""
+    an offset-refinement dialogue for a share `cfg.refinement_share` of the records that have
+    targets (drawn per record)."""
     skips = skips if skips is not None else Skips()
     stats = stats if stats is not None else BuildStats()
     v = cfg.vocab
@@ -193,6 +197,8 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
                "conversion_iou": float(min(ious)) if ious else 1.0}
         stats.count("stage1")
         if not cfg.refinement or not len(gt):
+            continue
+        if cfg.refinement_share < 1.0 and rng.random() >= cfg.refinement_share:
             continue
         examples = [refinement_example(m, tuple(gt.boxes_norm[k]), v, rng, cfg.n_points,
                                        cfg.quotas, cfg.jitter_cells)
