@@ -122,6 +122,24 @@ def records(cfg: RunConfig, split: str):
             for r in ds.select(range(min(n, len(ds))))]
 
 
+def reading_summary(m: dict) -> str:
+    """One line of an evaluation: gIoU with its interval, referent accuracy beside chance and
+    per kind, N-acc."""
+    parts = [f"gIoU {m['gIoU']:.3f}"]
+    iv = m.get("intervals", {}).get("gIoU")
+    if iv:
+        parts[0] += f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+    if m.get("referent_accuracy") is not None:
+        lo, hi = m["referent_interval"]
+        kinds = ", ".join(f"{k} {v['referent_accuracy']:.2f}/{v['chance']:.2f}"
+                          for k, v in m.get("referent_by_kind", {}).items())
+        parts.append(f"referent accuracy {m['referent_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
+                     f"(chance {m['chance']:.3f}; per kind accuracy/chance: {kinds})")
+    if m.get("no_target_accuracy") is not None:
+        parts.append(f"N-acc {m['no_target_accuracy']:.3f}")
+    return "; ".join(parts)
+
+
 def picture_caption(row: dict, pred) -> str:
     """What a picture says: the expression, its kind and objects, the IoU, and for a
     single-target row whether the prediction picked the named object."""
@@ -453,6 +471,11 @@ class Pipeline:
         ev = self.metrics["evaluation"]
         order = [s for s in ("untrained",) + STAGES if s in ev]
         log("held-out gIoU: " + " -> ".join(f"{s} {ev[s]['gIoU']:.3f}" for s in order))
+        for s in order[1:]:
+            log(f"  {s}: {reading_summary(ev[s])}")
+        control = self.metrics.get("controls", {}).get("shuffled_expression")
+        if control is not None:
+            log(f"  shuffled expressions ({control['model']}): {reading_summary(control)}")
         r1 = self.metrics["rewards"].get("grpo_stage1", {}).get("reward")
         if r1:
             log(f"grpo_stage1 mean reward: first fifth {r1['first_fifth']:.3f} -> last fifth "

@@ -127,3 +127,16 @@ def test_shuffled_expression_control_and_captioned_pictures(run):
     assert control["samples"] == 16 and control["model"] == "grpo_stage2"
     assert "referent_accuracy" in metrics["evaluation"]["grpo_stage2"]
     assert len(list((out / "pictures").glob("*.png"))) == 2
+
+
+def test_reading_summary_line():
+    from rl.pipeline import reading_summary
+
+    m = {"gIoU": 0.3, "intervals": {"gIoU": [0.2, 0.4]}, "referent_accuracy": 0.4,
+         "referent_interval": [0.3, 0.5], "chance": 0.35, "no_target_accuracy": 0.1,
+         "referent_by_kind": {"attribute": {"referent_accuracy": 0.5, "chance": 0.3,
+                                            "samples": 3}}}
+    assert reading_summary(m) == (
+        "gIoU 0.300 [0.200, 0.400]; referent accuracy 0.400 [0.300, 0.500] (chance 0.350; "
+        "per kind accuracy/chance: attribute 0.50/0.30); N-acc 0.100")
+    assert reading_summary({"gIoU": 0.5}) == "gIoU 0.500"
