@@ -96,7 +96,7 @@ def plot_curves(points: list[dict], out_path: str | Path) -> Path | None:
                     markersize=3)
     for x, name in bounds:
         ax.axvline(x, color="grey", lw=0.5)
-        ax.text(x, 1.0, name, fontsize=7, va="top")
+        ax.text(x, 0.98, f" {name}", fontsize=7, va="top", rotation=90)
     ax.set_xlabel("step (stages end to end)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
