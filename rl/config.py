@@ -58,6 +58,8 @@ class DataConfig:
     # Objects per training scene when they differ from the held-out ones (null: `objects`);
     # e.g. [1, 4]: lone shapes teach localization while scenes of 2-4 teach reading.
     train_objects: list | None = None
+    # Objects per scene in the cold start's curriculum (sft.curriculum_steps).
+    curriculum_objects: list = field(default_factory=lambda: [1, 1])
     kinds: dict = field(default_factory=lambda: {"attribute": 0.4, "relation": 0.15,
                                                  "superlative": 0.15, "multi": 0.15,
                                                  "none": 0.15})
@@ -109,6 +111,10 @@ class SFTStageConfig:
     refinement: bool = True
     refinement_points: int = 12  # points per simulated stage-1 answer (spec §5: K = 12)
     refinement_share: float = 1.0  # share of records with targets that get a dialogue
+    # A staged curriculum: the first `curriculum_steps` steps train on scenes of
+    # `data.curriculum_objects` objects (each sample once), then on the training scenes, read in
+    # a fixed random order (0: no curriculum, the trainer's own shuffling).
+    curriculum_steps: int = 0
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

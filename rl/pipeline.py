@@ -12,6 +12,7 @@ optimizer state restarts with it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,7 +90,8 @@ def set_cpu_threads(threads: int | None) -> None:
 
 # Synthetic scenes of each split come from their own seed (data.seed + this): training,
 # held-out (reported), validation (learning curves, free to tune on).
-SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "validation": 2_000_003}
+SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "validation": 2_000_003,
+               "curriculum": 3_000_003}
 
 
 def records(cfg: RunConfig, split: str):
@@ -102,16 +104,22 @@ def records(cfg: RunConfig, split: str):
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_SEEDS)}")
     if d.source == "synthetic":
-        n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples}[split]
         seed = d.seed + SPLIT_SEEDS[split]
         objects = d.train_objects if split == "train" and d.train_objects else d.objects
-        return list(synthetic_records(n, seed, d.image_size, tuple(objects), d.kinds,
+        kinds = d.kinds
+        if split == "curriculum":
+            objects = d.curriculum_objects
+            if max(objects) < 2:  # a lone shape admits no relation and no multi-target
+                kinds = {k: w for k, w in kinds.items() if k not in ("relation", "multi")}
+        n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples,
+             "curriculum": curriculum_samples(cfg.sft)}[split]
+        return list(synthetic_records(n, seed, d.image_size, tuple(objects), kinds,
                                       tuple(d.textures), distractors=d.distractors))
     from datasets import load_from_disk
 
-    if split == "validation":
-        raise ValueError("learning curves (eval.curve_every) need validation scenes: only "
-                         "data.source synthetic has them")
+    if split in ("validation", "curriculum"):
+        raise ValueError(f"{split} scenes (eval.curve_every, sft.curriculum_steps) are "
+                         "synthetic: only data.source synthetic has them")
     folder = d.train_dir if split == "train" else d.eval_dir
     if folder is None:
         raise ValueError(f"data.{split}_dir is needed for data.source {d.source!r}")
@@ -154,6 +162,33 @@ def picture_caption(row: dict, pred) -> str:
     if not sc.parsed:
         tail += " - answer did not parse"
     return f"{head}\n{tail}"
+
+
+def curriculum_samples(sft) -> int:
+    """Samples the curriculum's first `sft.curriculum_steps` steps take, each seen once."""
+    return sft.curriculum_steps * sft.batch_size * sft.gradient_accumulation_steps
+
+
+def curriculum_dataset(first: list[dict], rows: list[dict], sft, seed: int):
+    """The cold start's samples in the order they are trained on: the curriculum's `first`
+    rows (its first `curriculum_samples` of them), then `rows` in passes of fresh random order
+    until `sft.max_steps` are filled. Returns (dataset, extra trainer arguments): the trainer
+    must read it in order (`train_sampling_strategy="sequential"`)."""
+    from datasets import Dataset
+
+    n_first = curriculum_samples(sft)
+    if len(first) < n_first:
+        raise ValueError(f"the curriculum has {len(first)} samples for {n_first}")
+    n_rest = max(0, sft.max_steps - sft.curriculum_steps) * (
+        sft.batch_size * sft.gradient_accumulation_steps)
+    rng = np.random.default_rng(seed)
+    order = []
+    while len(order) < n_rest:
+        order += [n_first + int(i) for i in rng.permutation(len(rows))]
+    ds = Dataset.from_list(first[:n_first] + rows).select_columns(["image", "prompt",
+                                                                   "completion"])
+    ds = ds.select(list(range(n_first)) + order[:n_rest])
+    return ds, {"train_sampling_strategy": "sequential"}
 
 
 class Pipeline:
@@ -297,9 +332,19 @@ class Pipeline:
         elif sft.enabled:
             def train_sft(model):
                 rows = list(build_sft(train, self.decoder(), self.prompts, build))
-                ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
-                log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
-                return run_sft(sft, self.stage_context("sft"), model, ds)
+                stage = sft
+                if sft.curriculum_steps:
+                    first = list(build_sft(records(cfg, "curriculum"), self.decoder(),
+                                           self.prompts, build))
+                    ds, extra = curriculum_dataset(first, rows, sft, cfg.seed)
+                    stage = dataclasses.replace(sft, extra_args={**sft.extra_args, **extra})
+                    log(f"sft: {sft.curriculum_steps} curriculum steps on "
+                        f"{cfg.data.curriculum_objects} objects, then {len(rows)} samples")
+                else:
+                    ds = Dataset.from_list(rows).select_columns(["image", "prompt",
+                                                                 "completion"])
+                    log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
+                return run_sft(stage, self.stage_context("sft"), model, ds)
 
             model = self._stage("sft", train_sft, model, current)
             current = self.out / "sft"

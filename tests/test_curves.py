@@ -32,7 +32,9 @@ def test_every_must_be_positive(tmp_path):
 def test_validation_scenes_are_neither_training_nor_held_out():
     cfg = load_config(overrides={"data": {"n_train": 5, "n_eval": 5},
                                  "eval": {"curve_samples": 5}})
-    ids = {split: {r.id for r in records(cfg, split)} for split in SPLIT_SEEDS}
+    ids = {split: {r.id for r in records(cfg, split)} for split in ("train", "eval",
+                                                                        "validation")}
+    assert set(SPLIT_SEEDS) == {"train", "eval", "validation", "curriculum"}
     assert all(len(v) == 5 for v in ids.values())
     assert not (ids["train"] & ids["eval"] or ids["train"] & ids["validation"]
                 or ids["eval"] & ids["validation"])
@@ -48,3 +50,36 @@ def test_training_scenes_may_have_their_own_object_counts():
     assert {r.extra["num_objects"] for r in records(cfg, "train")} == {1}
     assert {r.extra["num_objects"] for r in records(cfg, "eval")} >= {2, 3}
     assert min(r.extra["num_objects"] for r in records(cfg, "validation")) >= 2
+
+
+def test_curriculum_dataset_puts_the_lone_shapes_first_then_passes_over_the_rest():
+    from PIL import Image
+
+    from rl.config import SFTStageConfig
+    from rl.pipeline import curriculum_dataset, curriculum_samples
+
+    def row(tag):
+        return {"image": Image.new("RGB", (4, 4)), "prompt": [{"role": "user", "content": tag}],
+                "completion": [{"role": "assistant", "content": tag}], "extra": 1}
+
+    sft = SFTStageConfig(max_steps=5, curriculum_steps=2, batch_size=2)
+    assert curriculum_samples(sft) == 4
+    first = [row(f"c{k}") for k in range(5)]
+    rest = [row(f"r{k}") for k in range(4)]
+    ds, extra = curriculum_dataset(first, rest, sft, seed=0)
+    tags = [r["prompt"][0]["content"] for r in ds]
+    assert extra == {"train_sampling_strategy": "sequential"}
+    assert tags[:4] == ["c0", "c1", "c2", "c3"] and len(tags) == 4 + 3 * 2
+    assert sorted(tags[4:8]) == ["r0", "r1", "r2", "r3"]  # one whole pass, then the next
+    assert ds.column_names == ["image", "prompt", "completion"]
+    with pytest.raises(ValueError, match="curriculum has 3 samples for 4"):
+        curriculum_dataset(first[:3], rest, sft, seed=0)
+
+
+def test_curriculum_scenes_have_their_own_seed_and_object_count():
+    cfg = load_config(overrides={"data": {"n_train": 8}, "sft": {"curriculum_steps": 2,
+                                                                  "batch_size": 3}})
+    recs = records(cfg, "curriculum")
+    assert len(recs) == 6 and {r.extra["num_objects"] for r in recs} == {1}
+    assert not {r.id for r in recs} & {r.id for r in records(cfg, "train")}
+    assert {r.kind for r in recs} <= {"attribute", "superlative", "none"}
