@@ -60,7 +60,7 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
         out = tmp_path / f"eval{k}"
         main(["--model", str(grid8_model), "--data", str(tmp_path / "synthetic-val"),
               str(tmp_path / "rows-test"), "--rounds", "1", "--max-new-tokens", "10",
-              "--batch-size", str(2 + k), "--out", str(out)])
+              "--batch-size", str(2 + k), "--out", str(out), "--shuffle-control"])
         runs.append(out)
     first = json.loads((runs[0] / "metrics.json").read_text())
     assert first == json.loads((runs[1] / "metrics.json").read_text())  # identical numbers
@@ -73,6 +73,9 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
         assert m["parse_failures"] == m["samples"]
     table = (runs[0] / "metrics.md").read_text()
     assert "| synthetic/synthetic-val (per expression) | 5 |" in table
+    # the reading table and the shuffled-expression control (rows carry their scene objects)
+    assert "referent acc." in table and "Shuffled-expression control" in table
+    assert list(first["shuffled_expression"]) == list(res)
     preds = [json.loads(line) for line in (runs[0] / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and {"id", "dataset", "stage1", "iou"} <= set(preds[0])
 
