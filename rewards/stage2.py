@@ -1,7 +1,9 @@
 """Stage-2 rewards: offset refinement (method spec §8).
 
 The stage-1 instances come from the `stage1` column (the policy's stage-1 answer, the previous
-assistant turn). Their matching to the ground truth is computed once, on the stage-1 geometry,
+assistant turn). The refinement is the completion, or the `refinement` column when the batch has
+one (on-policy stage 2, `rl.rollout`, where the completion is the proposal, the request and the
+refinement together). Their matching to the ground truth is computed once, on the stage-1 geometry,
 and kept; a stage-1 instance with no match has an empty ground truth, so every deletion of its
 points is valid. A reward with nothing to score in a sample (no points anywhere for
 `point_refine`, no box for `box_refine`, no stage-1 instance for `mask_gain`) returns None,
@@ -26,6 +28,10 @@ class _Stage2Reward(Reward):
 
     def batch(self, completions, kwargs) -> Stage2Batch:
         texts = self.texts(completions)
+        if kwargs.get("refinement") is not None:
+            # On-policy stage 2 (rl.rollout): the completion holds the whole dialogue after
+            # the stage-1 prompt; the refinement alone comes in its own column.
+            texts = self.texts(column(kwargs, "refinement", len(texts), self.name))
         gts = self.ground_truth(kwargs, len(texts))
         stage1 = column(kwargs, "stage1", len(texts), self.name)
         for row, s1 in enumerate(stage1):
@@ -37,6 +43,11 @@ class _Stage2Reward(Reward):
 
     def rows(self, completions, kwargs) -> list[RefinementRow]:
         return self.batch(completions, kwargs).rows
+
+    def log_signal(self, kwargs, values) -> None:
+        """Log `<name>/nonzero`: the share of samples whose value is neither None nor 0, the
+        samples that give this term a learning signal."""
+        log(kwargs, f"{self.name}/nonzero", [float(v is not None and v != 0) for v in values])
 
 
 class RefineFormatReward(_Stage2Reward):
@@ -82,7 +93,8 @@ class PointRefineReward(_Stage2Reward):
     reachable by one offset from it lies in M); 0 otherwise, and 0 for every point of a
     missing or malformed line. Mean over an instance's points, then over instances with
     points; None when no stage-1 instance has points. Range [−1, 1].
-    Logs `point_refine/deleted` (share of points deleted) and `point_refine/valid_deletions`.
+    Logs `point_refine/deleted` (share of points deleted) and `point_refine/valid_deletions`;
+    every geometric term logs `<name>/nonzero` (share of samples with a non-zero value).
     """
 
     name = "point_refine"
@@ -121,6 +133,7 @@ class PointRefineReward(_Stage2Reward):
                     scores.append(1.0 if ends_in else -1.0 if was_in else 0.0)
                 per_instance.append(float(np.mean(scores)))
             out.append(float(np.mean(per_instance)) if per_instance else None)
+        self.log_signal(kwargs, out)
         log(kwargs, "point_refine/deleted", deleted)
         log(kwargs, "point_refine/valid_deletions", valid)
         return out
@@ -169,6 +182,7 @@ class BoxRefineReward(_Stage2Reward):
                     scores.append(0.0)
                 improved.append(float(after > before))
             out.append(float(np.mean(scores)) if scores else None)
+        self.log_signal(kwargs, out)
         log(kwargs, "box_refine/improved", improved)
         return out
 
@@ -228,6 +242,7 @@ class MaskGainReward(_Stage2Reward):
                 u0s.append(u0)
                 u1s.append(u1)
             out.append(float(np.mean(gains)))
+        self.log_signal(kwargs, out)
         log(kwargs, "mask_gain/u0", u0s)
         log(kwargs, "mask_gain/u1", u1s)
         return out

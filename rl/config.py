@@ -115,6 +115,12 @@ class SFTStageConfig:
     # `data.curriculum_objects` objects (each sample once), then on the training scenes, read in
     # a fixed random order (0: no curriculum, the trainer's own shuffling).
     curriculum_steps: int = 0
+    # A second cold-start pass on refinement dialogues built from the model's own proposals
+    # (rl.data.policy_refinement): after `max_steps`, the model proposes on
+    # `policy_refinement_records` training scenes and trains `policy_refinement_steps` more
+    # steps on those dialogues mixed one to one with stage-1 samples (0: no second pass).
+    policy_refinement_steps: int = 0
+    policy_refinement_records: int = 2000
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 
@@ -139,7 +145,11 @@ class GRPOStageConfig:
     n_prompts: int | None = None
     rewards: dict = field(default_factory=dict)
     reward_params: dict = field(default_factory=dict)
-    regenerate_every: int | None = None  # stage 2: steps between re-generating stage-1 answers
+    # Stage 2: on-policy (rl.rollout: each step the policy proposes, then refines its own
+    # proposal, one trainer for the whole stage), or false for the rounds design (stage-1
+    # answers regenerated every `regenerate_every` steps, a new trainer per round).
+    on_policy: bool = True
+    regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None
     use_vllm: bool = False
     vllm_mode: str = "colocate"
@@ -157,6 +167,9 @@ class EvalConfig:
     # seed, not the held-out ones) every `curve_every` steps of each stage; 0: off.
     curve_every: int = 0
     curve_samples: int = 200
+    # Held-out figures of the final model after 0, 1, ..., rounds_curve refinement rounds
+    # (rl.evaluate.rounds_curve), when stage 2 ran; 0: off.
+    rounds_curve: int = 3
     # The shuffled-expression control on the final model (rl.evaluate.shuffled_rows).
     shuffle_control: bool = True
 

@@ -16,6 +16,7 @@ on what can be read from them, never skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -248,6 +249,42 @@ def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
     return out, preds
 
 
+def at_round(pred: Prediction, r: int) -> Prediction:
+    """The prediction as it stood after `r` refinement rounds (0: the proposal); a prediction
+    whose refinement stopped earlier (nothing left to refine) keeps its last instances."""
+    instances = pred.before_rounds[r] if r < len(pred.before_rounds) else pred.instances
+    return dataclasses.replace(pred, instances=instances, score=None)
+
+
+def rounds_curve(preds: Sequence[Prediction], rows: Sequence[dict], ctx: RunContext,
+                 rounds: int) -> tuple[list[dict], list[list[SampleScore]]]:
+    """gIoU, cIoU, Acc@0.5 and referent accuracy (with intervals) after 0, 1, ..., `rounds`
+    refinement rounds, from predictions made with that many rounds (`predict`). Returns the
+    curve (one summary per round count) and the per-sample scores of each round count."""
+    images = [r["image"] for r in rows]
+    curve, per_round = [], []
+    for r in range(rounds + 1):
+        scores = score([at_round(p, r) for p in preds], images, [x["solution"] for x in rows],
+                       ctx.decoder(), [x.get("kind", "") for x in rows],
+                       [x.get("instance", "") for x in rows], [x.get("objects", "") for x in rows],
+                       [x.get("targets", "") for x in rows])
+        m = summarize(scores)
+        curve.append({"rounds": r, **{k: m.get(k) for k in (
+            "gIoU", "cIoU", "Acc@0.5", "referent_accuracy", "intervals", "referent_interval")}})
+        per_round.append(scores)
+    return curve, per_round
+
+
+def curve_line(curve: Sequence[dict]) -> str:
+    """One line: gIoU (and referent accuracy) per number of refinement rounds."""
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return "; ".join(f"{c['rounds']} rounds: gIoU {fmt(c['gIoU'])}"
+                     + (f", referent {fmt(c['referent_accuracy'])}"
+                        if c.get("referent_accuracy") is not None else "") for c in curve)
+
+
 def shuffled_rows(rows: Sequence[dict], prompts: dict, seed: int = 0) -> list[dict]:
     """The shuffled-expression control: the same rows (image, ground truth, scene objects) with
     expressions permuted among the rows of the same kind, no row keeping its own where its kind
@@ -316,6 +353,8 @@ def main(argv=None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="at most this many rows per folder")
     p.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm, CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds-curve", action="store_true",
+                   help="also score the predictions after 0, 1, ..., --rounds rounds (one pass)")
     p.add_argument("--shuffle-control", action="store_true",
                    help="also score the rows with expressions shuffled among rows of the same "
                         "kind (referent accuracy should fall to chance if the model reads)")
@@ -358,6 +397,10 @@ def main(argv=None) -> dict:
     results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
                     "codec": spec, "results": results}
     table = markdown_table(results, a.model) + "\n" + reading_table(results)
+    if a.rounds_curve:
+        curve, _ = rounds_curve(preds, rows, ctx, a.rounds)
+        results_meta["rounds_curve"] = curve
+        table += "\nRefinement rounds (all rows): " + curve_line(curve) + "\n"
     if a.shuffle_control:
         _, shuffled = predict_and_score(model, shuffled_rows(rows, prompts, a.seed), ctx,
                                         settings)

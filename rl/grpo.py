@@ -55,9 +55,10 @@ def build_reward_funcs(stage: GRPOStageConfig, vocab: SpatialVocab, decoder,
 
 def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model,
                  train_dataset, max_steps: int | None = None,
-                 reference: str | Path | None = None):
+                 reference: str | Path | None = None, rollout_func=None):
     """TRL's GRPOTrainer for one stage on `train_dataset` (image, prompt, solution[, stage1]),
-    with the stage's rewards, writing into `ctx.output_dir`.
+    with the stage's rewards, writing into `ctx.output_dir`; `rollout_func` replaces TRL's
+    generation (on-policy stage 2, rl.rollout.RefinementRollout).
 
     reference: the saved checkpoint of the policy this stage starts from, the KL reference.
     TRL builds its reference model from `model.config._name_or_path`, which for a model trained
@@ -82,15 +83,16 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                        processing_class=ctx.processor, peft_config=peft_config,
-                       callbacks=list(ctx.callbacks) or None)
+                       callbacks=list(ctx.callbacks) or None, rollout_func=rollout_func)
 
 
 def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, train_dataset,
              max_steps: int | None = None, save: bool = True,
-             reference: str | Path | None = None):
+             reference: str | Path | None = None, rollout_func=None):
     """Train `model` with GRPO (see `grpo_trainer`); save to `ctx.output_dir` when `save`.
     Returns (the trained model, TRL's log history)."""
     from rl.training import train_and_save
 
-    trainer = grpo_trainer(stage, stage_name, ctx, model, train_dataset, max_steps, reference)
+    trainer = grpo_trainer(stage, stage_name, ctx, model, train_dataset, max_steps, reference,
+                           rollout_func)
     return train_and_save(trainer, ctx, merge=bool(stage.lora), save=save)

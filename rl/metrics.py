@@ -167,6 +167,22 @@ def reading(scores: Sequence[SampleScore]) -> dict:
     return out
 
 
+def paired_difference(after: Sequence[float], before: Sequence[float],
+                      n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of `after - before` over the same samples and its 95 % paired-bootstrap interval
+    (samples resampled); `better` when the interval lies above 0, `worse` below, else `not
+    distinguishable`."""
+    a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference of {a.size} and {b.size} samples")
+    d = a - b
+    ci = bootstrap_interval(d, None, n_resamples, seed=seed)
+    verdict = ("not distinguishable" if ci is None or ci[0] <= 0 <= ci[1]
+               else "better" if ci[0] > 0 else "worse")
+    return {"difference": float(d.mean()) if d.size else None, "interval": ci,
+            "samples": int(d.size), "verdict": verdict}
+
+
 def intervals(scores: Sequence[SampleScore], n_resamples: int = 2000, seed: int = 0) -> dict:
     """95 % bootstrap intervals (samples resampled) of gIoU, cIoU and Acc@0.5."""
     rec = [s.box_iou for s in scores if s.box_iou is not None]

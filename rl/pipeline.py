@@ -203,6 +203,7 @@ class Pipeline:
         self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
         self.curves = None
+        self._evaluated: list = []  # (stage, per-sample IoUs, rounds) evaluated in this process
 
     # ---- pieces ---------------------------------------------------------------------------
     def decoder(self):
@@ -222,11 +223,25 @@ class Pipeline:
         m["refinement_rounds"] = rounds
         self.metrics["evaluation"][name] = m
         self.last_predictions = preds
+        self._compare(name, [p.score.iou for p in preds], rounds)
         acc = m["Acc@0.5"]
         log(f"held-out after {name}: gIoU {m['gIoU']:.3f}, cIoU {m['cIoU']:.3f}, Acc@0.5 "
             f"{'n/a' if acc is None else f'{acc:.3f}'}, parse failures {m['parse_failures']}/"
             f"{m['samples']} ({time.perf_counter() - t0:.0f} s)")
         return m
+
+    def _compare(self, name: str, ious: list[float], rounds: int) -> None:
+        """Paired bootstrap of this stage's held-out IoUs against the stage evaluated before
+        it in this process (metrics.json `comparisons`)."""
+        from rl.metrics import paired_difference
+
+        prev = self._evaluated[-1] if self._evaluated else None
+        self._evaluated.append((name, ious, rounds))
+        if prev is None or prev[0] == "untrained":
+            return
+        d = paired_difference(ious, prev[1])
+        self.metrics.setdefault("comparisons", {})[f"{name} - {prev[0]}"] = {
+            "metric": "gIoU", "rounds": {name: rounds, prev[0]: prev[2]}, **d}
 
     def resume(self, name: str) -> bool:
         """True when stage `name` finished in an earlier run: its metrics are taken back."""
@@ -246,13 +261,16 @@ class Pipeline:
         write_json(self.out / name / "stage.json", info)
 
     def reward_summary(self, name: str, log_history: list) -> dict:
-        """Mean reward (weighted total and each term) over the first and last fifth of steps."""
+        """Mean reward (weighted total and each term) over the first and last fifth of steps;
+        also the stage-2 signal shares (`<term>/nonzero`, `refine_format/complete`)."""
         entries = [e for e in log_history if "reward" in e]
         if not entries:
             return {}
         k = max(1, len(entries) // 5)
         keys = ["reward"] + sorted({key for e in entries for key in e
-                                    if key.startswith("rewards/") and key.endswith("/mean")})
+                                    if (key.startswith("rewards/") and key.endswith("/mean"))
+                                    or key.endswith("/nonzero")
+                                    or key == "refine_format/complete"})
         out = {}
         for key in keys:
             vals = [e[key] for e in entries if key in e and e[key] is not None
@@ -344,7 +362,12 @@ class Pipeline:
                     ds = Dataset.from_list(rows).select_columns(["image", "prompt",
                                                                  "completion"])
                     log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
-                return run_sft(stage, self.stage_context("sft"), model, ds)
+                model, hist = run_sft(stage, self.stage_context("sft"), model, ds)
+                if sft.policy_refinement_steps:
+                    model, more = self._policy_refinement_pass(model, train, rows, build)
+                    hist = hist + [{**e, "step": e.get("step", 0) + sft.max_steps}
+                                   for e in more]
+                return model, hist
 
             model = self._stage("sft", train_sft, model, current)
             current = self.out / "sft"
@@ -375,6 +398,8 @@ class Pipeline:
                                 rounds=cfg.eval.rounds)
             current = self.out / "grpo_stage2"
 
+        if cfg.eval.enabled and cfg.eval.rounds_curve and s2.enabled and self.codec.name == "grid":
+            self._rounds_curve(model, current)
         if cfg.eval.enabled and cfg.eval.shuffle_control and any(
                 r.get("objects") for r in self.eval_rows):
             self._shuffle_control(model, current)
@@ -390,6 +415,26 @@ class Pipeline:
         self._save_metrics()
         self._report()
         return self.metrics
+
+    def _rounds_curve(self, model, current: Path) -> list:
+        """The final model on the held-out scenes after 0, 1, ..., `eval.rounds_curve`
+        refinement rounds (one prediction pass; rl.evaluate.rounds_curve)."""
+        from rl.evaluate import EvalSettings, curve_line, predict, rounds_curve
+        from rl.models import load_model
+
+        t0 = time.perf_counter()
+        model = load_model(current, self.cfg.model) if model is None else model
+        model.eval()
+        e = self.cfg.eval
+        settings = EvalSettings(e.rounds_curve, e.max_new_tokens, e.batch_size)
+        rows = self.eval_rows
+        preds = predict(model, [r["prompt"] for r in rows], [r["image"] for r in rows],
+                        self.ctx, settings)
+        curve, _ = rounds_curve(preds, rows, self.ctx, e.rounds_curve)
+        self.metrics["rounds_curve"] = {"model": current.name, "curve": curve}
+        self.metrics["seconds"]["rounds_curve"] = time.perf_counter() - t0
+        log(f"refinement rounds ({current.name}, held-out): {curve_line(curve)}")
+        return curve
 
     def _shuffle_control(self, model, current: Path) -> dict:
         """The final model on the held-out scenes with their expressions shuffled among rows
@@ -434,9 +479,74 @@ class Pipeline:
         log(f"learning curves: {len(rows)} validation scenes every {e.curve_every} steps")
         return callback
 
+    def _policy_refinement_pass(self, model, train, sft_rows, build) -> tuple:
+        """The cold start's second pass: refinement dialogues from the model's own greedy
+        proposals on training scenes (rl.data.policy_refinement), mixed one to one with
+        stage-1 samples, for `sft.policy_refinement_steps` steps; saved over `sft/`."""
+        from datasets import Dataset
+
+        from rl.data.policy_refinement import policy_refinement_rows
+        from rl.data.samples import build_grpo_stage1
+        from rl.evaluate import generate
+        from rl.train_sft import run_sft
+
+        sft, cfg = self.cfg.sft, self.cfg
+        scenes = train[: sft.policy_refinement_records]
+        rows = list(build_grpo_stage1(scenes, self.prompts, build))
+        model.eval()
+        proposals = generate(model, self.ctx.processor, [r["prompt"] for r in rows],
+                             [r["image"] for r in rows], cfg.grpo_stage1.max_completion_length,
+                             cfg.eval.batch_size)
+        skipped: dict = {}
+        dialogues = policy_refinement_rows(rows, proposals, self.codec, self.vocab, self.prompts,
+                                           skipped)
+        stage1 = [r for r in sft_rows if r["task"] == "stage1"][: len(dialogues)]
+        mix = [{k: r[k] for k in ("image", "prompt", "completion")} for r in dialogues + stage1]
+        ds = Dataset.from_list(mix)
+        log(f"sft second pass: {len(dialogues)} refinement dialogues from the model's own "
+            f"proposals on {len(rows)} training scenes ({skipped or 'none left out'}) and "
+            f"{len(stage1)} stage-1 samples, {sft.policy_refinement_steps} steps")
+        stage = dataclasses.replace(sft, max_steps=sft.policy_refinement_steps,
+                                    warmup_steps=0, collate_cache=min(sft.collate_cache,
+                                                                      len(mix)))
+        if self.curves is not None:
+            self.curves.offset = sft.max_steps
+        model.train()
+        return run_sft(stage, self.stage_context("sft"), model, ds)
+
     def _stage2(self, model, rows, reference) -> tuple:
-        """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train.
-        Every round keeps the KL reference at `reference`, the policy stage 2 started from."""
+        """Stage 2: on-policy in one trainer (`grpo_stage2.on_policy`, rl.rollout), or in
+        rounds. The KL reference is `reference`, the policy stage 2 started from."""
+        if self.cfg.grpo_stage2.on_policy:
+            return self._stage2_on_policy(model, rows, reference)
+        return self._stage2_rounds(model, rows, reference)
+
+    def _stage2_on_policy(self, model, rows, reference) -> tuple:
+        """Each step the current policy proposes (greedy) and refines its own proposal
+        (`num_generations` sampled refinements per proposal): one GRPOTrainer, one optimizer
+        state for the whole stage."""
+        from datasets import Dataset
+
+        from rl.grpo import run_grpo
+        from rl.rollout import RefinementRollout
+
+        s2 = self.cfg.grpo_stage2
+        rollout = RefinementRollout(self.prompts["stage2"],
+                                    proposal_tokens=self.cfg.grpo_stage1.max_completion_length,
+                                    refinement_tokens=s2.max_completion_length)
+        ds = Dataset.from_list(rows).select_columns(["image", "prompt", "solution"])
+        log(f"grpo_stage2 (on-policy): {len(ds)} prompts, {s2.max_steps} steps, a greedy "
+            f"proposal and {s2.num_generations} sampled refinements per prompt, rewards "
+            f"{s2.rewards}")
+        if self.curves is not None:
+            self.curves.offset = 0
+        ctx = self.stage_context("grpo_stage2")
+        return run_grpo(s2, "grpo_stage2", ctx, model, ds, reference=reference,
+                        rollout_func=rollout)
+
+    def _stage2_rounds(self, model, rows, reference) -> tuple:
+        """Stage 2 in rounds: regenerate the stage-1 answers with the current policy, train a
+        new trainer on them for `regenerate_every` steps."""
         from datasets import Dataset
 
         from rl.data.samples import build_grpo_stage2
@@ -521,9 +631,21 @@ class Pipeline:
         control = self.metrics.get("controls", {}).get("shuffled_expression")
         if control is not None:
             log(f"  shuffled expressions ({control['model']}): {reading_summary(control)}")
-        r1 = self.metrics["rewards"].get("grpo_stage1", {}).get("reward")
-        if r1:
-            log(f"grpo_stage1 mean reward: first fifth {r1['first_fifth']:.3f} -> last fifth "
-                f"{r1['last_fifth']:.3f}")
+        for name, c in self.metrics.get("comparisons", {}).items():
+            lo, hi = c["interval"]
+            log(f"  {name} (gIoU, rounds {c['rounds']}): {c['difference']:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}], {c['verdict']}")
+        curve = self.metrics.get("rounds_curve")
+        if curve:
+            from rl.evaluate import curve_line
+
+            log(f"  refinement rounds ({curve['model']}): {curve_line(curve['curve'])}")
+        for stage in ("grpo_stage1", "grpo_stage2"):
+            terms = self.metrics["rewards"].get(stage, {})
+            if terms.get("reward"):
+                log(f"{stage} mean reward, first fifth -> last fifth: " + ", ".join(
+                    f"{k.removeprefix('rewards/').removesuffix('/mean')} "
+                    f"{v['first_fifth']:.3f} -> "
+                    f"{v['last_fifth']:.3f}" for k, v in terms.items()))
         log(f"metrics: {self.out / 'metrics.json'}; plots: {self.out / 'plots'}; pictures: "
             f"{self.out / 'pictures'}; total {self.metrics['seconds']['total']:.0f} s")

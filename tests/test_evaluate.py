@@ -60,7 +60,8 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
         out = tmp_path / f"eval{k}"
         main(["--model", str(grid8_model), "--data", str(tmp_path / "synthetic-val"),
               str(tmp_path / "rows-test"), "--rounds", "1", "--max-new-tokens", "10",
-              "--batch-size", str(2 + k), "--out", str(out), "--shuffle-control"])
+              "--batch-size", str(2 + k), "--out", str(out), "--shuffle-control",
+              "--rounds-curve"])
         runs.append(out)
     first = json.loads((runs[0] / "metrics.json").read_text())
     assert first == json.loads((runs[1] / "metrics.json").read_text())  # identical numbers
@@ -76,6 +77,10 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
     # the reading table and the shuffled-expression control (rows carry their scene objects)
     assert "referent acc." in table and "Shuffled-expression control" in table
     assert list(first["shuffled_expression"]) == list(res)
+    # no answer parses, so nothing is refined: the curve is flat at the proposals' figures
+    assert [c["rounds"] for c in first["rounds_curve"]] == [0, 1]
+    assert first["rounds_curve"][0]["gIoU"] == first["rounds_curve"][1]["gIoU"]
+    assert "Refinement rounds (all rows): 0 rounds: gIoU" in table
     preds = [json.loads(line) for line in (runs[0] / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and {"id", "dataset", "stage1", "iou"} <= set(preds[0])
 
@@ -136,3 +141,29 @@ def test_scene_objects_bad_input_names_the_row():
         scene_objects(rows[0]["objects"], "[5]", 7)
     masks, named = scene_objects(rows[0]["objects"], rows[0]["targets"], 0)
     assert masks.shape == (2, 112, 112) and masks.dtype == bool
+
+
+def test_rounds_curve_scores_each_round_from_one_pass():
+    import json
+
+    from rl.evaluate import at_round, curve_line, rounds_curve
+
+    recs = list(synthetic_records(2, seed=1, objects=(1, 1), kinds={"attribute": 1.0}))
+    rows = list(build_grpo_stage1(recs, load_prompts(), BuildConfig()))
+    sol = json.loads(rows[0]["solution"])
+    x1, y1, x2, y2 = sol["instances"][0]["box"]
+    w, h = sol["size"]
+    exact = Instance((x1 / w, y1 / h, x2 / w, y2 / h))
+    off = Instance((0.0, 0.0, 0.05, 0.05))
+    # Row 0: the proposal missed, one round fixed it. Row 1: nothing to refine (no instance).
+    fixed = Prediction("", ["r"], [exact], True, before_rounds=[[off]])
+    idle = Prediction("", [], [], True)
+    assert at_round(fixed, 0).instances == [off] and at_round(fixed, 1).instances == [exact]
+    assert at_round(idle, 1).instances == []
+    ctx = RunContext(vocab=SpatialVocab(), codec=GridCodec(SpatialVocab()),
+                     decoder_spec=RegionDecoder(), processor=None, prompts={})
+    curve, per_round = rounds_curve([fixed, idle], rows, ctx, 1)
+    assert [c["rounds"] for c in curve] == [0, 1]
+    assert per_round[0][0].iou == 0.0 and per_round[1][0].iou > 0.95
+    assert curve[1]["gIoU"] > curve[0]["gIoU"]
+    assert curve_line(curve).startswith("0 rounds: gIoU 0.000")

@@ -199,3 +199,18 @@ def test_reading_table_lists_kinds_and_counts():
     table = reading_table(report([a], ["synthetic/val"]))
     assert "kind attribute" in table and "objects 3" in table and "33.3" in table
     assert reading_table(report([score_sample(pred, pred, None, [], [], True)], ["x"])) == ""
+
+
+def test_paired_difference_verdicts():
+    from rl.metrics import paired_difference
+
+    before = np.linspace(0.0, 1.0, 200)
+    up = paired_difference(before + 0.1, before)
+    assert np.isclose(up["difference"], 0.1) and up["verdict"] == "better"
+    assert up["interval"][0] > 0 and up["samples"] == 200
+    noise = np.random.default_rng(0).normal(0, 0.2, 200)
+    same = paired_difference(before + noise - noise.mean(), before)
+    assert same["verdict"] == "not distinguishable"
+    assert paired_difference(before - 0.05, before)["verdict"] == "worse"
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference([1.0], [1.0, 2.0])

@@ -4,6 +4,7 @@ logged reward terms carry the config names, and a finished stage is skipped on r
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,7 +25,8 @@ def tiny_overrides(out: Path) -> dict:
         "data": {"n_train": 160, "n_eval": 16, "objects": [1, 1], "train_objects": None,
                  "kinds": {"attribute": 1.0, "replace": True}, "distractors": "any",
                  "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "sft": {"max_steps": 150, "refinement_share": 1.0},
+        "sft": {"max_steps": 150, "refinement_share": 1.0, "policy_refinement_steps": 10,
+                "policy_refinement_records": 16},
         "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3},
         "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},
@@ -88,7 +90,7 @@ def test_the_kl_reference_is_the_policy_each_stage_starts_from(run):
 def test_rewards_receive_their_columns(run):
     _, _, seen = run
     assert {"image", "solution"} <= seen["grpo_stage1"]
-    assert {"image", "solution", "stage1"} <= seen["grpo_stage2"]
+    assert {"image", "solution", "stage1", "refinement"} <= seen["grpo_stage2"]
 
 
 def test_logged_reward_terms_match_the_config(run):
@@ -116,7 +118,8 @@ def test_learning_curves_cover_every_stage(run):
     out, metrics, _ = run
     points = json.loads((out / "curves.json").read_text())
     assert [(p["stage"], p["step"]) for p in points] == [
-        ("sft", 50), ("sft", 100), ("sft", 150), ("grpo_stage1", 3), ("grpo_stage2", 2)]
+        ("sft", 50), ("sft", 100), ("sft", 150), ("sft", 160), ("grpo_stage1", 3),
+        ("grpo_stage2", 2)]
     assert all(0 <= p["gIoU"] <= 1 for p in points)
     assert (out / "plots" / "curves.png").is_file() and metrics["seconds"]["curves"] > 0
 
@@ -127,6 +130,30 @@ def test_shuffled_expression_control_and_captioned_pictures(run):
     assert control["samples"] == 16 and control["model"] == "grpo_stage2"
     assert "referent_accuracy" in metrics["evaluation"]["grpo_stage2"]
     assert len(list((out / "pictures").glob("*.png"))) == 2
+
+
+def test_stage2_is_one_on_policy_trainer_with_signal_shares_logged(run):
+    out, metrics, _ = run
+    hist = json.loads((out / "grpo_stage2" / "stage.json").read_text())["log_history"]
+    assert [e["step"] for e in hist if "reward" in e] == [1, 2]  # one trainer, steps 1..2
+    logged = {k for e in hist for k in e}
+    assert {"point_refine/nonzero", "box_refine/nonzero", "mask_gain/nonzero",
+            "refine_format/complete"} <= logged
+    assert "point_refine/nonzero" in metrics["rewards"]["grpo_stage2"]
+
+
+def test_rounds_curve_and_stage_comparisons(run):
+    _, metrics, _ = run
+    curve = metrics["rounds_curve"]["curve"]
+    assert [c["rounds"] for c in curve] == [0, 1, 2, 3]
+    # Round 1 of the curve is the stage's own evaluation (one refinement round, greedy).
+    final = metrics["evaluation"]["grpo_stage2"]
+    assert final["refinement_rounds"] == 1 and curve[1]["gIoU"] == final["gIoU"]
+    c = metrics["comparisons"]["grpo_stage2 - grpo_stage1"]
+    assert c["rounds"] == {"grpo_stage2": 1, "grpo_stage1": 0} and c["samples"] == 16
+    assert np.isclose(c["difference"], final["gIoU"] - metrics["evaluation"]["grpo_stage1"]["gIoU"])
+    assert c["interval"][0] <= c["difference"] <= c["interval"][1]
+    assert set(metrics["comparisons"]) == {"grpo_stage1 - sft", "grpo_stage2 - grpo_stage1"}
 
 
 def test_reading_summary_line():

@@ -1,0 +1,55 @@
+"""Refinement dialogues from the policy's own proposals (rl.data.policy_refinement): the
+targets of a 4x4 case worked out by hand."""
+
+import numpy as np
+
+from rewards.solution import make_solution, parse_solution
+from rl.data.policy_refinement import policy_refinement_rows, refinement_lines
+from tokens import GridCodec, Instance, SpatialVocab
+
+V4 = SpatialVocab(4)  # cells of 0.25, offset step 0.125 (half a cell), radius 1
+
+
+def object_solution():
+    # One object on a 40x40 image: pixel columns 10-24, rows 10-19, i.e. normalized
+    # x in [0.25, 0.625), y in [0.25, 0.5); its box (0.25, 0.25, 0.625, 0.5).
+    m = np.zeros((40, 40), bool)
+    m[10:20, 10:25] = True
+    return make_solution(40, 40, [m], [[10, 10, 25, 20]])
+
+
+def test_targets_by_hand():
+    gt = parse_solution(object_solution())
+    matched = Instance((0.125, 0.125, 0.625, 0.625),
+                       [(0.375, 0.375),    # cell (1, 1), inside: stays
+                        (0.625, 0.375),    # cell (2, 1), pixel column 25: just outside; one
+                                           # step left lands at column 20, 5 px deep: (-1, 0)
+                        (0.875, 0.875)])   # cell (3, 3), out of reach: deleted
+    extra = Instance((0.625, 0.625, 0.875, 0.875), [(0.875, 0.125)])  # no object left for it
+    lines = refinement_lines([matched, extra], gt, V4)
+    assert lines[0] == ([(1, 1), (0, -1)], [(0, 0), (-1, 0), None])
+    # Box corners: (0.125, 0.125) + (1, 1)*0.125 = (0.25, 0.25) and (0.625, 0.625) +
+    # (0, -1)*0.125 = (0.625, 0.5), the true corners.
+    assert lines[1] == ([(0, 0), (0, 0)], [None])
+
+
+def test_dialogues_follow_the_proposals_and_skip_empty_ones():
+    codec = GridCodec(V4)
+    row = {"id": "r0", "prompt": [{"role": "user", "content": [{"type": "text",
+                                                               "text": "Find it."}]}],
+           "solution": object_solution()}
+    proposal = ("<answer>\n<box><grid_0_0><grid_2_2></box><seg><grid_1_1><grid_2_1></seg>\n"
+                "</answer>")
+    skipped = {}
+    prompts = {"stage2": "Refine with offsets.", "think_refine": ""}
+    out = policy_refinement_rows([row, {**row, "id": "r1"}], [proposal, "<answer></answer>"],
+                                 codec, V4, prompts, skipped)
+    assert len(out) == 1 and skipped == {"no instance proposed": 1}
+    d = out[0]
+    assert d["stage1"] == proposal and d["task"] == "refine_policy"
+    assert [m["role"] for m in d["prompt"]] == ["user", "assistant", "user"]
+    assert d["prompt"][1]["content"][0]["text"] == proposal
+    assert d["prompt"][2]["content"][0]["text"] == "Refine with offsets."
+    assert d["completion"][0]["content"][0]["text"] == (
+        "<think></think>\n<answer>\n<offset><box><off_1_1><off_0_-1></box>"
+        "<seg><off_0_0><off_-1_0></seg></offset>\n</answer>")

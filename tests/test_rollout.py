@@ -1,0 +1,183 @@
+"""On-policy stage 2 (rl.rollout): a scripted policy's proposals and refinements reach the
+rewards sample by sample, the dialogue tail is context (env_mask 0), one trainer and one
+optimizer state serve the whole stage."""
+
+import json
+
+import pytest
+
+from rl.data.referring import synthetic_records
+from rl.data.samples import BuildConfig, build_grpo_stage1, load_prompts
+from rl.rollout import Generated, RefinementRollout, cut_at_eos
+from tokens import SpatialVocab
+
+V8 = SpatialVocab(8)
+PROMPTS = {**load_prompts(), "stage2": "Refine with offsets."}
+
+
+def rows_with_boxes(n=4):
+    recs = list(synthetic_records(n, seed=3, objects=(1, 1), kinds={"attribute": 1.0}))
+    return list(build_grpo_stage1(recs, PROMPTS, BuildConfig(vocab=V8)))
+
+
+def gt_box_cells(row):
+    """The grid cells of the row's ground-truth box corners (a proposal the script writes)."""
+    sol = json.loads(row["solution"])
+    x1, y1, x2, y2 = sol["instances"][0]["box"]
+    w, h = sol["size"]
+    return V8.point_to_cell(x1 / w, y1 / h), V8.point_to_cell(x2 / w, y2 / h)
+
+
+class Script:
+    """A scripted policy: for the expression it finds in a prompt, a fixed proposal (greedy
+    calls) and a fixed refinement (sampled calls); records every call."""
+
+    def __init__(self, tokenizer, rows):
+        self.tok = tokenizer
+        self.calls = []
+        self.proposal, self.refinement = {}, {}
+        for k, row in enumerate(rows):
+            expr = row["expression"]
+            a, b = gt_box_cells(row)
+            self.proposal[expr] = (f"<answer>\n<box>{V8.grid_token(*a)}{V8.grid_token(*b)}"
+                                   f"</box><seg>{V8.grid_token(*a)}</seg>\n</answer>")
+            op = "<off_0_0>" if k % 2 else "<DELETE>"
+            self.refinement[expr] = (f"<answer>\n<offset><box><off_0_0><off_0_0></box><seg>{op}"
+                                     f"</seg></offset>\n</answer>")
+
+    def expression(self, ids):
+        text = self.tok.decode(ids)
+        return next(e for e in sorted(self.proposal, key=len, reverse=True) if e in text)
+
+    def __call__(self, trainer, encoded, greedy, max_new_tokens):
+        self.calls.append((greedy, len(encoded)))
+        table = self.proposal if greedy else self.refinement
+        eos = trainer.eos_token_ids[0]
+        return Generated([self.tok(table[self.expression(e["input_ids"])],
+                                   add_special_tokens=False)["input_ids"] + [eos]
+                          for e in encoded])
+
+
+@pytest.fixture(scope="module")
+def scripted(grid8_model, tmp_path_factory):
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import rl.grpo
+    from rl.config import GRPOStageConfig
+    from rl.context import RunContext
+    from rl.grpo import grpo_trainer
+    from tokens import GridCodec
+    from tokens.decoders import RegionDecoder
+
+    rows = rows_with_boxes()
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    model = AutoModelForImageTextToText.from_pretrained(grid8_model)
+    seen = []
+
+    def record(prompts, completions, **kwargs):
+        seen.append({k: list(kwargs[k]) for k in ("stage1", "refinement")}
+                    | {"prompts": prompts})
+        return [0.0] * len(completions)
+
+    stage = GRPOStageConfig(max_steps=3, batch_size=8, num_generations=4, learning_rate=1e-3,
+                            max_completion_length=24, beta=0.0,
+                            rewards={"refine_format": 1.0, "point_refine": 1.0})
+    ctx = RunContext(vocab=V8, codec=GridCodec(V8), decoder_spec=RegionDecoder(),
+                     processor=proc, prompts=PROMPTS,
+                     output_dir=tmp_path_factory.mktemp("rollout"), logging_steps=1)
+    script = Script(proc.tokenizer, rows)
+    rollout = RefinementRollout(PROMPTS["stage2"], proposal_tokens=24, generate=script)
+    ds = Dataset.from_list(rows).select_columns(["image", "prompt", "solution"])
+    original = rl.grpo.build_reward_funcs
+
+    def with_recorder(*args, **kwargs):
+        funcs, weights = original(*args, **kwargs)
+        record.__name__ = "record"
+        return funcs + [record], weights + [0.0]
+
+    rl.grpo.build_reward_funcs = with_recorder
+    try:
+        trainer = grpo_trainer(stage, "grpo_stage2", ctx, model, ds, rollout_func=rollout)
+    finally:
+        rl.grpo.build_reward_funcs = original
+    trainer.train()
+    return trainer, script, rows, seen
+
+
+def test_scripted_proposals_and_refinements_reach_the_rewards_per_sample(scripted):
+    trainer, script, rows, seen = scripted
+    assert len(seen) == 3  # one reward batch per step
+    for batch in seen:
+        for prompt, s1, ref in zip(batch["prompts"], batch["stage1"], batch["refinement"],
+                                   strict=True):
+            text = " ".join(p.get("text") or "" for m in prompt for p in m["content"])
+            expr = next(e for e in sorted(script.proposal, key=len, reverse=True) if e in text)
+            assert s1 == script.proposal[expr] and ref == script.refinement[expr]
+    # One greedy proposal per distinct prompt (2 prompts x 4 generations per step), then one
+    # sampled refinement per entry.
+    assert script.calls[:2] == [(True, 2), (False, 8)]
+
+
+def test_rewards_score_the_scripted_refinements(scripted):
+    trainer, _, _, _ = scripted
+    hist = [e for e in trainer.state.log_history if "rewards/refine_format/mean" in e]
+    # Every scripted refinement is well-formed; a kept corner point (inside the object's box,
+    # possibly outside the shape) and a deleted one score per point_refine's rules.
+    assert all(e["rewards/refine_format/mean"] == 1.0 for e in hist)
+    assert all(e["refine_format/complete"] == 1.0 for e in hist)
+    assert all("point_refine/nonzero" in e for e in hist)
+
+
+def test_one_optimizer_state_for_the_whole_stage(scripted):
+    trainer, _, _, _ = scripted
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {3} and trainer.state.global_step == 3
+
+
+def test_the_dialogue_tail_is_context_and_the_refinement_is_trained(grid8_model):
+    from transformers import AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    rows = rows_with_boxes(2)
+    script = Script(proc.tokenizer, rows)
+
+    class Trainer:  # the attributes the rollout reads from TRL's GRPOTrainer
+        processing_class = proc
+        chat_template_kwargs = {}
+        eos_token_ids = [proc.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        max_completion_length = 24
+
+    prompts = [prepare_multimodal_messages(r["prompt"], images=[r["image"]])
+               for r in rows for _ in range(2)]
+    out = RefinementRollout(PROMPTS["stage2"], 24, generate=script)(prompts, Trainer())
+    tok = proc.tokenizer
+    for k, (ids, mask) in enumerate(zip(out["completion_ids"], out["env_mask"], strict=True)):
+        n_ctx = mask.index(1)
+        context, trained = tok.decode(ids[:n_ctx]), tok.decode(ids[n_ctx:])
+        assert out["stage1"][k] in context and PROMPTS["stage2"] in context
+        assert trained.startswith(out["refinement"][k]) and set(mask[n_ctx:]) == {1}
+        # The prompt plus the completion is the stage-2 dialogue as evaluation renders it.
+        full = proc.apply_chat_template(
+            prompts[k] + [{"role": "assistant", "content": [{"type": "text",
+                                                             "text": out["stage1"][k]}]},
+                          {"role": "user", "content": [{"type": "text",
+                                                        "text": PROMPTS["stage2"]}]}],
+            add_generation_prompt=True, tokenize=False)
+        assert tok.decode(out["prompt_ids"][k] + ids[:n_ctx]).endswith(
+            full.split("<|vision_end|>")[-1])
+
+
+def test_vllm_is_refused_with_a_clear_message():
+    class Trainer:
+        use_vllm = True
+
+    with pytest.raises(ValueError, match="vLLM is not wired"):
+        RefinementRollout("Refine.", 8)([[{"role": "user", "content": "x"}]], Trainer())
+
+
+def test_cut_at_eos():
+    assert cut_at_eos([5, 6, 2, 7], eos_ids=[2], pad_id=0) == [5, 6, 2]
+    assert cut_at_eos([5, 0, 0], eos_ids=[2], pad_id=0) == [5]
+    assert cut_at_eos([5, 6], eos_ids=[2], pad_id=None) == [5, 6]
