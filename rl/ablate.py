@@ -42,6 +42,7 @@ from rl.config import (
     stage_key,
     to_dict,
 )
+from rl.metrics import paired_difference
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -106,6 +107,21 @@ ROW_METRICS = (("gIoU", "gIoU"), ("cIoU", "cIoU"), ("Acc@0.5", "Acc@0.5"),
                ("Acc@0.8", "Acc@0.8"))
 
 
+def sample_ious(result: dict, stage: str | None) -> list[float] | None:
+    """The per-sample held-out IoUs of a variant's stage (its `stage.json`), or None."""
+    path = Path(result["dir"]) / (stage or "") / "stage.json"
+    if stage is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("sample_iou")
+
+
+def _interval(iv, scale: float = 100.0, sign: bool = False) -> str:
+    if not iv:
+        return ""
+    f = "+.1f" if sign else ".1f"
+    return f" [{scale * iv[0]:{f}}, {scale * iv[1]:{f}}]"
+
+
 def table_rows(results: list[dict]) -> list[dict]:
     """One row per variant: the final stage's held-out metrics, gIoU after each stage, the
     stage-1 reward terms' last-fifth means and answer tokens per instance."""
@@ -122,8 +138,14 @@ def table_rows(results: list[dict]) -> list[dict]:
                "answer_tokens_per_instance": m.get("answer_tokens_per_instance"),
                "gIoU_by_stage": {s: ev[s]["gIoU"] for s in STAGES if s in ev},
                "reused": r["reused"]}
+        row["gIoU_interval"] = (m.get("intervals") or {}).get("gIoU")
         if m.get("gIoU") is not None and full_final.get("gIoU") is not None:
             row["delta_gIoU"] = m["gIoU"] - full_final["gIoU"]
+            mine, theirs = sample_ious(r, stage), sample_ious(full, final_stage(full["metrics"]))
+            if r is not full and mine is not None and theirs is not None \
+                    and len(mine) == len(theirs):
+                d = paired_difference(mine, theirs)
+                row["delta_gIoU_interval"], row["verdict"] = d["interval"], d["verdict"]
         rows.append(row)
     return rows
 
@@ -133,8 +155,8 @@ def _pct(v) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| variant | changes | gIoU | cIoU | Acc@0.5 | Acc@0.8 | Δ gIoU | gIoU after SFT / "
-            "stage 1 / stage 2 | parse failures | answer tokens / instance |")
+    head = ("| variant | changes | gIoU [95 %] | cIoU | Acc@0.5 | Acc@0.8 | Δ gIoU [paired 95 %] "
+            "| gIoU after SFT / stage 1 / stage 2 | parse failures | answer tokens / instance |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         by = r["gIoU_by_stage"]
@@ -142,9 +164,14 @@ def markdown(rows: list[dict]) -> str:
         changes = ", ".join(f"`{c}`" for c in r["changes"]) or "(full model)"
         tokens = r["answer_tokens_per_instance"]
         delta = r.get("delta_gIoU")
+        cells = [_pct(r[k]) for k, _ in ROW_METRICS]
+        cells[0] += _interval(r.get("gIoU_interval"))
+        delta_cell = "–" if delta is None else (
+            f"{100 * delta:+.1f}" + _interval(r.get("delta_gIoU_interval"), sign=True)
+            + (f" ({r['verdict']})" if r.get("verdict") else ""))
         lines.append(
-            f"| {r['variant']} | {changes} | " + " | ".join(_pct(r[k]) for k, _ in ROW_METRICS)
-            + f" | {'–' if delta is None else f'{100 * delta:+.1f}'} | {stages} | "
+            f"| {r['variant']} | {changes} | " + " | ".join(cells)
+            + f" | {delta_cell} | {stages} | "
             f"{r['parse_failures']}/{r['samples']} | "
             f"{'–' if tokens is None else f'{tokens:.2f}'} |")
     return "\n".join(lines) + "\n"

@@ -256,8 +256,12 @@ class Pipeline:
         return True
 
     def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
+        ious = next((e[1] for e in self._evaluated if e[0] == name), None)
         info = {"seconds": seconds, "evaluation": self.metrics["evaluation"].get(name),
-                "log_history": log_history, **(extra or {})}
+                "log_history": log_history,
+                # per held-out sample, for paired comparisons between runs (rl.ablate)
+                "sample_iou": None if ious is None else [round(float(x), 6) for x in ious],
+                **(extra or {})}
         write_json(self.out / name / "stage.json", info)
 
     def reward_summary(self, name: str, log_history: list) -> dict:
@@ -500,6 +504,12 @@ class Pipeline:
         skipped: dict = {}
         dialogues = policy_refinement_rows(rows, proposals, self.codec, self.vocab, self.prompts,
                                            skipped)
+        self.metrics["sft_second_pass"] = {"scenes": len(rows), "dialogues": len(dialogues),
+                                           "left_out": skipped}
+        if not dialogues:
+            log(f"sft second pass: none of the {len(rows)} proposals on training scenes has an "
+                f"instance ({skipped}); no refinement dialogue to train on, pass not run")
+            return model, []
         stage1 = [r for r in sft_rows if r["task"] == "stage1"][: len(dialogues)]
         mix = [{k: r[k] for k in ("image", "prompt", "completion")} for r in dialogues + stage1]
         ds = Dataset.from_list(mix)

@@ -12,7 +12,8 @@ from rl.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 ABL = ROOT / "configs" / "ablations"
 TASK = {"logging_steps": 1, "progress_bars": False, "data": {"n_train": 48, "n_eval": 6},
-        "sft": {"max_steps": 6}, "grpo_stage1": {"max_steps": 2, "n_prompts": 8},
+        "sft": {"max_steps": 6, "policy_refinement_steps": 2, "policy_refinement_records": 8},
+        "grpo_stage1": {"max_steps": 2, "n_prompts": 8},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "regenerate_every": None},
         "eval": {"pictures": 1, "max_new_tokens": 12}}
 
@@ -67,6 +68,11 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path):
     assert logged and not any("mask_gain" in k for k in logged)
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 2 + 3 and table[2].startswith("| full | (full model) |")
+    # Each row gives its gIoU interval, and each variant its paired interval against the full
+    # run over the same held-out samples (stage.json keeps the per-sample IoUs).
+    assert all(len(r["gIoU_interval"]) == 2 for r in rows)
+    assert all(len(r["delta_gIoU_interval"]) == 2 and r["verdict"] for r in rows[1:])
+    assert "gIoU [95 %]" in table[0] and " [" in table[3]
     assert (out / "rewards_grpo_stage1.png").is_file()
     assert yaml.safe_load((out / "full" / "recipe.yaml").read_text())["data"]["n_train"] == 48
     # A later invocation (another output folder) reuses every finished stage: nothing retrains.
