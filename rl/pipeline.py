@@ -603,6 +603,7 @@ class Pipeline:
     def _pictures(self) -> None:
         """Pictures of held-out predictions, taken in turn from each expression kind: the
         expression and IoU written above, the named objects outlined, the prediction drawn."""
+        from rewards.masks import iou_or_one as mask_iou
         from rewards.solution import parse_solution
         from rl.evaluate import masks_for
         from rl.visualize import draw_prediction, refinement_marks
@@ -625,9 +626,15 @@ class Pipeline:
                 moves, deleted = refinement_marks(self._instances(pred.stage1),
                                                   pred.refinements[0], self.vocab)
             gt = parse_solution(row["solution"], row=row.get("id"))
+            caption = picture_caption(row, pred)
+            if pred.refinements:  # what the refinement did to the proposal's mask
+                before = masks_for(self.decoder(), image, pred.before_rounds[0], (w, h))
+                target = gt.union_mask()
+                caption += (f" - proposal IoU {mask_iou(before, target):.2f} -> "
+                            f"{len(pred.refinements)} round(s) {mask_iou(mask, target):.2f}")
             draw_prediction(image, pred.instances, self.vocab,
                             self.out / "pictures" / f"{k:04d}_{row['id']}.png", mask, moves,
-                            deleted, target_hw=gt.union_mask(), caption=picture_caption(row, pred))
+                            deleted, target_hw=gt.union_mask(), caption=caption)
 
     def _save_metrics(self) -> None:
         write_json(self.out / "metrics.json", self.metrics, indent=2)
