@@ -151,6 +151,7 @@ class GRPOStageConfig:
     on_policy: bool = True
     regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None
+    logging_steps: int | None = None  # this stage's logging interval (null: the run's)
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     extra_args: dict = field(default_factory=dict)
@@ -310,8 +311,11 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     later = STAGES if stage == "untrained" else STAGES[STAGES.index(stage) + 1:]
     for name in later:
         d.pop(name, None)
+    for name in STAGES:  # how often a stage logs changes nothing it trains
+        if isinstance(d.get(name), dict):
+            d[name].pop("logging_steps", None)
     if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
-        d["eval"] = {k: v for k, v in d["eval"].items() if k != "rounds"}
+        d["eval"] = {k: v for k, v in d["eval"].items() if k not in ("rounds", "rounds_curve")}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

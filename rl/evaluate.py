@@ -28,7 +28,7 @@ import numpy as np
 from rewards.solution import parse_solution
 from rl.context import RunContext
 from rl.data.samples import assistant_turn, user_turn
-from rl.metrics import SampleScore, score_referents, score_sample, summarize
+from rl.metrics import SampleScore, paired_difference, score_referents, score_sample, summarize
 from tokens import Instance, SpatialVocab, apply_refinement, parse_refinement
 from tokens.decoders import MaskDecoder, as_image_array, instance_masks
 
@@ -269,8 +269,12 @@ def rounds_curve(preds: Sequence[Prediction], rows: Sequence[dict], ctx: RunCont
                        [x.get("instance", "") for x in rows], [x.get("objects", "") for x in rows],
                        [x.get("targets", "") for x in rows])
         m = summarize(scores)
-        curve.append({"rounds": r, **{k: m.get(k) for k in (
-            "gIoU", "cIoU", "Acc@0.5", "referent_accuracy", "intervals", "referent_interval")}})
+        point = {"rounds": r, **{k: m.get(k) for k in (
+            "gIoU", "cIoU", "Acc@0.5", "referent_accuracy", "intervals", "referent_interval")}}
+        if r:  # what the rounds added over the proposal, paired over the same samples
+            point["gIoU_minus_proposal"] = paired_difference(
+                [s.iou for s in scores], [s.iou for s in per_round[0]])
+        curve.append(point)
         per_round.append(scores)
     return curve, per_round
 
@@ -280,7 +284,14 @@ def curve_line(curve: Sequence[dict]) -> str:
     def fmt(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    return "; ".join(f"{c['rounds']} rounds: gIoU {fmt(c['gIoU'])}"
+    def gain(c):
+        d = c.get("gIoU_minus_proposal")
+        if not d or d["interval"] is None:
+            return ""
+        lo, hi = d["interval"]
+        return f" ({d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] over the proposal)"
+
+    return "; ".join(f"{c['rounds']} rounds: gIoU {fmt(c['gIoU'])}" + gain(c)
                      + (f", referent {fmt(c['referent_accuracy'])}"
                         if c.get("referent_accuracy") is not None else "") for c in curve)
 

@@ -24,7 +24,8 @@ def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:
         gradient_accumulation_steps=stage.gradient_accumulation_steps,
         learning_rate=stage.learning_rate, weight_decay=stage.weight_decay,
         gradient_checkpointing=stage.gradient_checkpointing,
-        logging_steps=ctx.logging_steps, report_to=[], save_strategy="no", seed=ctx.seed,
+        logging_steps=getattr(stage, "logging_steps", None) or ctx.logging_steps,
+        report_to=[], save_strategy="no", seed=ctx.seed,
         bf16=use_bf16(), disable_tqdm=not ctx.progress_bars)
 
 

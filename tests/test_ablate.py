@@ -27,6 +27,11 @@ def test_stage_keys_ignore_output_and_later_stages():
     assert stage_key(full, "grpo_stage1") != stage_key(s1, "grpo_stage1")
     assert stage_key(full, "grpo_stage2") != stage_key(s2, "grpo_stage2")
     assert differences(s1, full) == ["grpo_stage1.rewards.box=0.0"]
+    # How often a stage logs, and the rounds curve after stage 2, change no earlier stage.
+    quiet = load_config(ROOT / "configs" / "default.yaml",
+                        {"grpo_stage1": {"logging_steps": 1}, "eval": {"rounds_curve": 0}})
+    assert stage_key(quiet, "grpo_stage1") == stage_key(full, "grpo_stage1")
+    assert stage_key(quiet, "grpo_stage2") != stage_key(full, "grpo_stage2")  # rounds_curve
     # Refinement rounds only change the evaluation after stage 2: grid only and grid with
     # offsets share their cold start and stage 1.
     g32 = load_config(ROOT / "configs" / "grid_study" / "grid_32.yaml")
