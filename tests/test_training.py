@@ -27,8 +27,10 @@ def tiny_overrides(out: Path) -> dict:
                  "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
         "sft": {"max_steps": 150, "refinement_share": 1.0, "policy_refinement_steps": 10,
                 "policy_refinement_records": 16},
-        "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3},
-        "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3},
+        "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3,
+                        "logging_steps": 1},
+        "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3,
+                        "logging_steps": 1},
         "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},
     }
 
