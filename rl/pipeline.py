@@ -630,8 +630,9 @@ class Pipeline:
             if pred.refinements:  # what the refinement did to the proposal's mask
                 before = masks_for(self.decoder(), image, pred.before_rounds[0], (w, h))
                 target = gt.union_mask()
-                caption += (f" - proposal IoU {mask_iou(before, target):.2f} -> "
-                            f"{len(pred.refinements)} round(s) {mask_iou(mask, target):.2f}")
+                caption += (f"\nproposal IoU {mask_iou(before, target):.2f}, after "
+                            f"{len(pred.refinements)} refinement round(s) "
+                            f"{mask_iou(mask, target):.2f}")
             draw_prediction(image, pred.instances, self.vocab,
                             self.out / "pictures" / f"{k:04d}_{row['id']}.png", mask, moves,
                             deleted, target_hw=gt.union_mask(), caption=caption)
