@@ -10,15 +10,21 @@ from tokens import GridCodec, Instance, SpatialVocab
 from tokens.decoders import RegionDecoder
 
 
-def test_scoring_predictions_by_hand():
-    recs = list(synthetic_records(2, seed=1, objects=(1, 1), kinds={"attribute": 1.0}))
-    rows = list(build_grpo_stage1(recs, load_prompts(), BuildConfig()))
+def lone_shape_rows():
+    """Two rows of one shape each, and an instance whose box is row 0's true box."""
     import json
 
+    recs = list(synthetic_records(2, seed=1, objects=(1, 1), kinds={"attribute": 1.0}))
+    rows = list(build_grpo_stage1(recs, load_prompts(), BuildConfig()))
     sol = json.loads(rows[0]["solution"])
     x1, y1, x2, y2 = sol["instances"][0]["box"]
     w, h = sol["size"]
-    good = Prediction("", [], [Instance((x1 / w, y1 / h, x2 / w, y2 / h))], True)
+    return rows, Instance((x1 / w, y1 / h, x2 / w, y2 / h))
+
+
+def test_scoring_predictions_by_hand():
+    rows, exact = lone_shape_rows()
+    good = Prediction("", [], [exact], True)
     failed = Prediction("garbage", [], [], False)
     scores = score([good, failed], [rows[0]["image"], rows[1]["image"]],
                    [rows[0]["solution"], rows[1]["solution"]], RegionDecoder())
@@ -144,16 +150,9 @@ def test_scene_objects_bad_input_names_the_row():
 
 
 def test_rounds_curve_scores_each_round_from_one_pass():
-    import json
-
     from rl.evaluate import at_round, curve_line, rounds_curve
 
-    recs = list(synthetic_records(2, seed=1, objects=(1, 1), kinds={"attribute": 1.0}))
-    rows = list(build_grpo_stage1(recs, load_prompts(), BuildConfig()))
-    sol = json.loads(rows[0]["solution"])
-    x1, y1, x2, y2 = sol["instances"][0]["box"]
-    w, h = sol["size"]
-    exact = Instance((x1 / w, y1 / h, x2 / w, y2 / h))
+    rows, exact = lone_shape_rows()
     off = Instance((0.0, 0.0, 0.05, 0.05))
     # Row 0: the proposal missed, one round fixed it. Row 1: nothing to refine (no instance).
     fixed = Prediction("", ["r"], [exact], True, before_rounds=[[off]])
