@@ -149,6 +149,9 @@ class GRPOStageConfig:
     # proposal, one trainer for the whole stage), or false for the rounds design (stage-1
     # answers regenerated every `regenerate_every` steps, a new trainer per round).
     on_policy: bool = True
+    # On-policy stage 2: the proposal tokens carry the loss too (rl.rollout.RefinementRollout
+    # anchor_proposal), so the KL term holds the proposals while the refinement is trained.
+    anchor_proposal: bool = False
     regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None
     logging_steps: int | None = None  # this stage's logging interval (null: the run's)

@@ -543,7 +543,8 @@ class Pipeline:
         s2 = self.cfg.grpo_stage2
         rollout = RefinementRollout(self.prompts["stage2"],
                                     proposal_tokens=self.cfg.grpo_stage1.max_completion_length,
-                                    refinement_tokens=s2.max_completion_length)
+                                    refinement_tokens=s2.max_completion_length,
+                                    anchor_proposal=s2.anchor_proposal)
         ds = Dataset.from_list(rows).select_columns(["image", "prompt", "solution"])
         log(f"grpo_stage2 (on-policy): {len(ds)} prompts, {s2.max_steps} steps, a greedy "
             f"proposal and {s2.num_generations} sampled refinements per prompt, rewards "

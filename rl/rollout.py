@@ -115,14 +115,19 @@ class RefinementRollout:
     length limit. refinement_tokens: the refinement's (None: the trainer's
     `max_completion_length`). generate: (trainer, encoded, greedy, max_new_tokens) ->
     Generated; transformers by default, any other callable (a scripted policy in tests).
+    anchor_proposal: the proposal turn's tokens carry the loss too (`env_mask` 1). Every member
+    of a group shares them, so their policy-gradient terms nearly cancel (the advantages of a
+    group sum to 0) while the KL term holds them to the reference: training the refinement
+    then moves the proposals less.
     The last rollout is kept in `last` (proposals, refinements) for inspection."""
 
     def __init__(self, request: str, proposal_tokens: int, refinement_tokens: int | None = None,
-                 generate: Callable = transformers_generate):
+                 generate: Callable = transformers_generate, anchor_proposal: bool = False):
         self.request = request
         self.proposal_tokens = int(proposal_tokens)
         self.refinement_tokens = refinement_tokens
         self.generate = generate
+        self.anchor_proposal = bool(anchor_proposal)
         self.last: dict = {}
 
     def _encode(self, processor, text: str, images: list) -> dict:
@@ -164,16 +169,18 @@ class RefinementRollout:
                     for k, ids in zip(distinct, proposed, strict=True)}
 
         # 2. The dialogue after the stage-1 prompt: proposal turn and refinement request.
-        tails = {}
+        tails, answered = {}, {}
         for k in distinct:
-            conversation = list(prompts[k]) + [assistant_turn(proposal[keys[k]]),
-                                                user_turn(self.request)]
-            full = render(conversation)
-            if not full.startswith(texts[k]):
+            turn = list(prompts[k]) + [assistant_turn(proposal[keys[k]])]
+            with_turn = processor.apply_chat_template(turn, tokenize=False, **kwargs)
+            full = render(turn + [user_turn(self.request)])
+            if not (with_turn.startswith(texts[k]) and full.startswith(with_turn)):
                 raise ValueError("the chat template does not render the stage-2 dialogue as "
                                  "the stage-1 prompt followed by more text; on-policy stage 2 "
                                  "needs a prefix-preserving template")
-            tails[keys[k]] = tok(full[len(texts[k]):], add_special_tokens=False)["input_ids"]
+            own = tok(with_turn[len(texts[k]):], add_special_tokens=False)["input_ids"]
+            rest = tok(full[len(with_turn):], add_special_tokens=False)["input_ids"]
+            tails[keys[k]], answered[keys[k]] = own + rest, len(own)
 
         # 3. One sampled refinement per prompt entry (TRL repeated each prompt per group).
         inputs = []
@@ -193,7 +200,8 @@ class RefinementRollout:
         return {
             "prompt_ids": [encoded[first[key]]["input_ids"] for key in keys],
             "completion_ids": [tails[key] + ids for key, ids in zip(keys, refined, strict=True)],
-            "env_mask": [[0] * len(tails[key]) + [1] * len(ids)
+            "env_mask": [[int(self.anchor_proposal)] * answered[key]
+                         + [0] * (len(tails[key]) - answered[key]) + [1] * len(ids)
                          for key, ids in zip(keys, refined, strict=True)],
             "logprobs": None,
             "stage1": stage1,

@@ -181,3 +181,29 @@ def test_cut_at_eos():
     assert cut_at_eos([5, 6, 2, 7], eos_ids=[2], pad_id=0) == [5, 6, 2]
     assert cut_at_eos([5, 0, 0], eos_ids=[2], pad_id=0) == [5]
     assert cut_at_eos([5, 6], eos_ids=[2], pad_id=None) == [5, 6]
+
+
+def test_anchored_proposals_carry_the_loss_and_the_request_does_not(grid8_model):
+    from transformers import AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    rows = rows_with_boxes(1)
+
+    class Trainer:
+        processing_class = proc
+        chat_template_kwargs = {}
+        eos_token_ids = [proc.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        max_completion_length = 24
+
+    prompts = [prepare_multimodal_messages(rows[0]["prompt"], images=[rows[0]["image"]])]
+    out = RefinementRollout(PROMPTS["stage2"], 24, generate=Script(proc.tokenizer, rows),
+                            anchor_proposal=True)(prompts, Trainer())
+    ids, mask = out["completion_ids"][0], out["env_mask"][0]
+    n_own = mask.index(0)
+    n_ctx = n_own + mask[n_own:].index(1)
+    tok = proc.tokenizer
+    assert tok.decode(ids[:n_own]).startswith(out["stage1"][0])
+    assert PROMPTS["stage2"] in tok.decode(ids[n_own:n_ctx])
+    assert tok.decode(ids[n_ctx:]).startswith(out["refinement"][0])
+    assert set(mask[n_ctx:]) == {1}
