@@ -129,6 +129,93 @@ def line_items(line: str):
             yield item.strip() if item[0] != "<" else item
 
 
+# What a token reader gives the group walker for one item: None when the item is no token of
+# its grammar, (True, value) for a token to keep, (False, message) for one to reject.
+TokenRead = tuple[bool, object] | None
+
+
+@dataclass
+class GroupRun:
+    """One `<box>` or `<seg>` group as written: the values of the tokens kept inside it, whether
+    its own closing tag ended it (not the next opening tag or the end of the line) and whether a
+    token inside it was rejected."""
+
+    name: str
+    values: list = field(default_factory=list)
+    closed: bool = False
+    rejected: bool = False
+
+
+@dataclass
+class GroupWalk:
+    """The groups of one answer line in the order written. `ok`: every tag in its place, each
+    group at most once, every item a kept token inside a group. `wrapped`: the line is inside
+    its wrapper tags (True when the grammar has no wrapper)."""
+
+    runs: list[GroupRun]
+    ok: bool
+    wrapped: bool
+
+    def first(self, name: str, closed: bool = False) -> GroupRun | None:
+        """The first run of group `name` (the first one its own tag closed, with `closed`)."""
+        return next((r for r in self.runs if r.name == name and (r.closed or not closed)), None)
+
+
+GROUP_TAGS = ("<box>", "<seg>")
+
+
+def walk_groups(line: str, read_token, errors: Errors, wrapper: str | None = None) -> GroupWalk:
+    """Walk the `<box>…</box><seg>…</seg>` groups of one line: the one grammar of the stage-1
+    and the offset lines. `read_token(item)` reads one item (see `TokenRead`); `wrapper`
+    ("offset") names the tag pair the groups must sit in. Every problem is recorded in `errors`;
+    what is read is left to the caller (the first run of each group, closed or not)."""
+    runs: list[GroupRun] = []
+    run: GroupRun | None = None  # the open group
+    ok = True
+    opened = closed = wrapper is None  # the wrapper's two tags seen
+
+    def fail(message: str) -> None:
+        nonlocal ok
+        ok = False
+        errors.add(message)
+
+    for item in line_items(line):
+        if wrapper is not None and item in (f"<{wrapper}>", f"</{wrapper}>"):
+            if item[1] != "/" and (opened or runs):
+                fail(f"{item} out of place")
+            elif item[1] == "/" and (not opened or closed or run is not None):
+                fail(f"{item} out of place")
+            opened |= item[1] != "/"
+            closed |= item[1] == "/"
+        elif item in GROUP_TAGS:
+            name = item[1:-1]
+            if run is not None:
+                fail(f"<{run.name}> is not closed before {item}")
+            elif any(r.name == name for r in runs):
+                fail(f"more than one {item}; only the first is read")
+            elif wrapper is not None and (not opened or closed):
+                fail(f"{item} outside <{wrapper}>…</{wrapper}>")
+            run = GroupRun(name)
+            runs.append(run)
+        elif item[:2] == "</" and item[2:] in ("box>", "seg>"):
+            if run is None or run.name != item[2:-1]:
+                fail(f"{item} without its opening tag")
+            else:
+                run.closed, run = True, None
+        elif (read := read_token(item)) is None:
+            fail(f"unexpected {item[:40]!r}")
+        elif run is None:
+            fail(f"{item} outside <box>/<seg>")
+        elif read[0]:
+            run.values.append(read[1])
+        else:
+            run.rejected = True
+            fail(read[1])
+    if run is not None:
+        fail(f"<{run.name}> is not closed at the end of the line")
+    return GroupWalk(runs, ok, opened and closed)
+
+
 _TAG_RE = re.compile(r"<[^<>]*>")
 _SENTENCE_SPLIT_RE = re.compile(r"[.\n]")
 

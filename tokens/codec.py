@@ -18,10 +18,11 @@ from tokens.answer import (
     Errors,
     Instance,
     ParsedAnswer,
+    TokenRead,
     answer_lines,
     answer_region,
     check_structure,
-    line_items,
+    walk_groups,
 )
 from tokens.vocab import DEFAULT_VOCAB, GRID_TOKEN_PATTERN, GRID_TOKEN_RE, SpatialVocab
 
@@ -153,52 +154,20 @@ class GridCodec(Codec):
     def _walk_line(self, line: str, errors: Errors) -> tuple[Instance | None, bool]:
         """Read any line item by item, recording every problem."""
         v = self.vocab
-        groups: dict[str, list[tuple[int, int]]] = {}
-        ok = True
-        state: str | None = None  # the open group, "box" or "seg"
-        cells: list[tuple[int, int]] = []
-        bad_box = False  # the first box group had an out-of-range token
 
-        def close():
-            nonlocal state, cells, ok
-            if state in groups:
-                errors.add(f"more than one <{state}>; only the first is read")
-                ok = False
-            else:
-                groups[state] = cells
-            state, cells = None, []
+        def read_token(item: str) -> TokenRead:
+            if (m := GRID_TOKEN_RE.fullmatch(item)) is None:
+                return None
+            cell = int(m.group(1)), int(m.group(2))
+            if not v.cell_in_range(*cell):
+                return False, f"{item} is out of range for a {v.grid_size}-grid"
+            return True, cell
 
-        for item in line_items(line):
-            if item in ("<box>", "<seg>"):
-                if state is not None:
-                    errors.add(f"<{state}> is not closed before {item}")
-                    ok = False
-                    close()
-                state = item[1:-1]
-            elif item in ("</box>", "</seg>"):
-                if state != item[2:-1]:
-                    errors.add(f"{item} without its opening tag")
-                    ok = False
-                else:
-                    close()
-            elif m := GRID_TOKEN_RE.fullmatch(item):
-                i, j = int(m.group(1)), int(m.group(2))
-                if state is None:
-                    errors.add(f"{item} outside <box>/<seg>")
-                    ok = False
-                elif not v.cell_in_range(i, j):
-                    errors.add(f"{item} is out of range for a {v.grid_size}-grid")
-                    ok = False
-                    bad_box |= state == "box" and "box" not in groups
-                else:
-                    cells.append((i, j))
-            else:
-                errors.add(f"unexpected {item[:40]!r}")
-                ok = False
-        if state is not None:
-            errors.add(f"<{state}> is not closed at the end of the line")
-            ok = False
-            close()
+        walk = walk_groups(line, read_token, errors)
+        ok = walk.ok
+        first_box, first_seg = walk.first("box"), walk.first("seg")
+        groups = {r.name: r.values for r in (first_box, first_seg) if r is not None}
+        bad_box = first_box is not None and first_box.rejected
 
         box = None
         if "box" in groups:

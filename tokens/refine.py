@@ -20,10 +20,11 @@ from tokens.answer import (
     Errors,
     Instance,
     ParsedAnswer,
+    TokenRead,
     answer_lines,
     answer_region,
     check_structure,
-    line_items,
+    walk_groups,
 )
 from tokens.vocab import DEFAULT_VOCAB, DELETE_TOKEN, OFFSET_TOKEN_RE, SpatialVocab
 
@@ -84,56 +85,24 @@ def _stage1_instances(stage1, vocab: SpatialVocab) -> list[Instance]:
 
 def _parse_offset_line(line: str, inst: Instance, vocab: SpatialVocab,
                        errors: Errors) -> OffsetLine:
-    parts: dict[str, Ops] = {}
-    ok = True
-    wrapper_open = wrapper_closed = False
-    state: str | None = None
-    ops: Ops = []
-    for item in line_items(line):
-        if item == "<offset>":
-            ok &= not wrapper_open and state is None and not parts
-            wrapper_open = True
-        elif item == "</offset>":
-            ok &= wrapper_open and not wrapper_closed and state is None
-            wrapper_closed = True
-        elif item in ("<box>", "<seg>"):
-            if state is not None or item[1:-1] in parts or not wrapper_open or wrapper_closed:
-                ok = False
-                errors.add(f"{item} out of place")
-            state, ops = item[1:-1], []
-        elif item in ("</box>", "</seg>"):
-            if state != item[2:-1]:
-                ok = False
-                errors.add(f"{item} without its opening tag")
-            else:
-                parts.setdefault(state, ops)
-                state = None
-        elif item == DELETE_TOKEN:
-            if state is None:
-                ok = False
-                errors.add(f"{item} outside <box>/<seg>")
-            else:
-                ops.append(None)
-        elif m := OFFSET_TOKEN_RE.fullmatch(item):
-            dx, dy = int(m.group(1)), int(m.group(2))
-            if state is None:
-                ok = False
-                errors.add(f"{item} outside <box>/<seg>")
-            elif not vocab.offset_in_range(dx, dy):
-                ok = False
-                errors.add(f"{item} is out of range (K = {vocab.offset_radius})")
-            else:
-                ops.append((dx, dy))
-        else:
-            ok = False
-            errors.add(f"unexpected {item[:40]!r}")
-    if state is not None:
-        ok = False
-        errors.add(f"<{state}> is not closed")
-    wrapped = wrapper_open and wrapper_closed
+    def read_token(item: str) -> TokenRead:
+        if item == DELETE_TOKEN:
+            return True, None
+        if (m := OFFSET_TOKEN_RE.fullmatch(item)) is None:
+            return None
+        dx, dy = int(m.group(1)), int(m.group(2))
+        if not vocab.offset_in_range(dx, dy):
+            return False, f"{item} is out of range (K = {vocab.offset_radius})"
+        return True, (dx, dy)
+
+    walk = walk_groups(line, read_token, errors, wrapper="offset")
+    # A part is read from the first group its own closing tag ended.
+    parts = {r.name: r.values for r in (walk.first("box", closed=True),
+                                        walk.first("seg", closed=True)) if r is not None}
+    wrapped = walk.wrapped
     if not wrapped:
         errors.add("line is not wrapped in <offset>…</offset>")
-    nested = ok  # every tag in place, only offset tokens inside the parts
+    nested = walk.ok  # every tag in place, only offset tokens inside the parts
     box, seg = parts.get("box"), parts.get("seg")
     box_ok = seg_ok = True
     if (box is not None) != (inst.box is not None):
