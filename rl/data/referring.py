@@ -146,6 +146,12 @@ def _describe(views, k: int, rng) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _distinct(names) -> list[str]:
+    """The distinct names in first-seen order. Not a set: a set of strings iterates in an order
+    that changes with each process's hash seed, and so would the expressions drawn from it."""
+    return list(dict.fromkeys(names))
+
+
 def _candidates(kind: str, views, rng) -> list[tuple[str, list[int]]]:
     """Expressions of `kind` with their intended targets (checked by `resolve` afterwards)."""
     n = len(views)
@@ -164,12 +170,12 @@ def _candidates(kind: str, views, rng) -> list[tuple[str, list[int]]]:
     elif kind == "superlative":
         for sup in SUPERLATIVES:
             out.append((f"the {sup} shape", []))
-            for s in {v.shape for v in views}:
+            for s in _distinct(v.shape for v in views):
                 out.append((f"the {sup} {s}", []))
     elif kind == "multi":
-        for s in {v.shape for v in views}:
+        for s in _distinct(v.shape for v in views):
             out.append((f"all {s}s", _select(views, shape=s)))
-        for c in {v.colour for v in views}:
+        for c in _distinct(v.colour for v in views):
             out.append((f"all {c} shapes", _select(views, colour=c)))
         out = [(t, ks) for t, ks in out if len(ks) >= 2]
     elif kind == "none":
