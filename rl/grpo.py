@@ -66,8 +66,9 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     init, for a policy fresh from the cold start); it is pointed at `reference` here."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.training import common_args, lora_config
+    from rl.training import common_args, lora_config, score_labelled_positions_only
 
+    score_labelled_positions_only()
     if reference is not None:
         if not (Path(reference) / "config.json").is_file():
             raise ValueError(f"{stage_name}: KL reference {reference} is not a saved checkpoint")

@@ -130,8 +130,9 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
     (`render_conversations`)."""
     from trl import SFTConfig, SFTTrainer
 
-    from rl.training import common_args, lora_config
+    from rl.training import common_args, lora_config, score_labelled_positions_only
 
+    score_labelled_positions_only()
     train_dataset = render_conversations(train_dataset, ctx.processor)
     if stage.collate_cache and "image" in train_dataset.column_names:
         from datasets import Image

@@ -16,6 +16,32 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def score_labelled_positions_only() -> None:
+    """Let TRL's fused LM head project only the positions that carry a label on CPUs too.
+
+    TRL 1.16 computes the SFT loss and GRPO's log-probabilities through a fused LM head
+    (`trl.trainer.utils.add_fused_lm_head`). On Triton devices it projects only the labelled
+    positions; elsewhere it projects every position and masks the result, so that compiled
+    backends (e.g. Neuron) see one tile shape per batch. A CPU compiles nothing, and here the
+    prompt (image tokens and request) is most of a sequence: the step spent most of its time
+    projecting and back-propagating positions whose loss is masked to 0. The choice is the
+    module-level name `_use_triton` in `trl.trainer.utils` (read only there, for that choice;
+    the kernels keep their own); it is wrapped to say yes for CPU devices. Same log-
+    probabilities and loss up to float rounding (tests/test_training.py compares loss and
+    gradients with TRL's own path). Idempotent; a TRL without that name is left alone."""
+    import trl.trainer.utils as trl_utils
+
+    choose = getattr(trl_utils, "_use_triton", None)
+    if choose is None or getattr(choose, "getok_cpu_compact", False):
+        return
+
+    def compact_on_cpu(device) -> bool:
+        return device.type == "cpu" or choose(device)
+
+    compact_on_cpu.getok_cpu_compact = True
+    trl_utils._use_triton = compact_on_cpu
+
+
 def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:
     """The TRL config arguments every stage sets the same way."""
     return dict(

@@ -169,3 +169,50 @@ def test_reading_summary_line():
         "gIoU 0.300 [0.200, 0.400]; referent accuracy 0.400 [0.300, 0.500] (chance 0.350; "
         "per kind accuracy/chance: attribute 0.50/0.30); N-acc 0.100")
     assert reading_summary({"gIoU": 0.5}) == "gIoU 0.500"
+
+
+def test_fused_head_scores_labelled_positions_only_with_the_same_loss(tiny_model_dirs,
+                                                                      monkeypatch):
+    # rl.training.score_labelled_positions_only: TRL's fused LM head on a CPU projects only the
+    # positions with a label; loss, per-token outputs and gradients match TRL's own CPU path
+    # (every position projected, then masked) up to float rounding.
+    import trl.kernels.chunked_logprob as kernels
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForImageTextToText
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rl.training import score_labelled_positions_only
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["untied"]).float()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, model.config.get_text_config().vocab_size, (3, 40))
+    labels = ids.clone()
+    labels[:, :30] = -100  # a prompt of 30 positions, then the completion
+    labels[2, 36:] = -100  # and padding
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                    fused_lm_head=True)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()
+                     if p.grad is not None}
+
+    monkeypatch.setattr(trl_utils, "_use_triton", kernels._use_triton)
+    assert not trl_utils._use_triton(torch.device("cpu"))
+    full, full_grads = loss_and_grads()
+    score_labelled_positions_only()
+    score_labelled_positions_only()  # idempotent: wraps once
+    assert trl_utils._use_triton(torch.device("cpu"))
+    assert trl_utils._use_triton.getok_cpu_compact
+    compact, compact_grads = loss_and_grads()
+
+    torch.testing.assert_close(compact.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for field in ("log_probs", "entropy", "is_top1"):
+        a, b = getattr(compact, field), getattr(full, field)
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
+        assert not a[:, :29].any()  # nothing on the prompt's positions
+    assert compact_grads.keys() == full_grads.keys() and len(full_grads) > 10
+    for name, g in full_grads.items():
+        torch.testing.assert_close(compact_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

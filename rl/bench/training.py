@@ -5,12 +5,14 @@
 Prints, measured in one run on this machine:
 - SFT: seconds per step and samples per second of TRL's SFTTrainer on the recipe's cold-start
   data; the part of a step spent building the batch (reading rows, the processor, the chat
-  template, TRL's collator); the bare model's step on the same collated batch (forward with full
-  logits, cross-entropy on the completion tokens, backward, AdamW): the floor; and their ratio.
+  template, TRL's collator); the bare model's step on the same collated batch (the backbone's
+  forward, the LM head on the labelled positions only, cross-entropy, backward, AdamW): the
+  floor; and their ratio.
 - GRPO stage 1: seconds per step of TRL's GRPOTrainer split into generation, reward, the
   reference/old log-probabilities, and loss/backward/optimizer; the bare model's step on the
-  same prompt+completion batch (forward, per-token log-probabilities of the completion, a
-  policy-gradient loss, backward, AdamW); and the ratio of the loss/backward part to it.
+  same prompt+completion batch (the backbone's forward, the LM head on the completion's
+  positions, their log-probabilities, a policy-gradient loss, backward, AdamW); and the ratio of
+  the loss/backward part to it.
 
 Ratios, not seconds, are what compare across machines. Nothing here is a test: the figures are
 printed, and the README quotes them.
@@ -47,15 +49,26 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in drop}
 
 
+def _labelled_logits(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """The model's logits at the positions whose next token has a label (the backbone, then the
+    LM head on those positions only), with those labels."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    return model.get_output_embeddings()(hidden[keep]), target[keep]
+
+
 def bare_sft_step(model, batch: dict, lr: float):
-    """One plain step on a collated SFT batch: full logits, cross-entropy, backward, AdamW."""
+    """One plain step on a collated SFT batch: logits at the labelled positions, cross-entropy,
+    backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     inputs, labels = _model_inputs(batch), batch["labels"]
 
     def step():
-        logits = model(**inputs, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        logits, target = _labelled_logits(model, inputs, labels)
+        loss = torch.nn.functional.cross_entropy(logits, target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -64,20 +77,23 @@ def bare_sft_step(model, batch: dict, lr: float):
 
 
 def bare_grpo_step(model, inputs: dict, lr: float):
-    """One plain policy-gradient step on GRPO's prompt+completion batch."""
+    """One plain policy-gradient step on GRPO's prompt+completion batch: log-probabilities of
+    the completion tokens (logits at those positions only), backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-    n = inputs["completion_ids"].shape[1]
+    cm = inputs["completion_mask"]
+    labels = torch.cat([torch.full_like(inputs["prompt_ids"], -100),
+                        inputs["completion_ids"].masked_fill(cm == 0, -100)], dim=1)
     extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
-    adv = inputs["advantages"]
+    # One advantage per completion, repeated over its scored tokens (row-major, as `keep` is).
+    adv = inputs["advantages"].unsqueeze(1).expand_as(cm)[cm.bool()]
 
     def step():
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-        logps = torch.log_softmax(logits[:, -n - 1:-1], dim=-1)
-        token = logps.gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
-        cm = inputs["completion_mask"]
-        loss = -((token * adv.unsqueeze(1)) * cm).sum() / cm.sum().clamp(min=1)
+        logits, target = _labelled_logits(model, {"input_ids": ids, "attention_mask": mask,
+                                                  **extra}, labels)
+        token = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        loss = -(token * adv).sum() / cm.sum().clamp(min=1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
