@@ -263,6 +263,10 @@ class Pipeline:
                 "sample_iou": None if ious is None else [round(float(x), 6) for x in ious],
                 **(extra or {})}
         write_json(self.out / name / "stage.json", info)
+        if (self.out / name / "config.json").is_file():  # a checkpoint: its model card
+            from rl.card import write_card
+
+            write_card(self.out / name, to_dict(self.cfg), name, info["evaluation"])
 
     def reward_summary(self, name: str, log_history: list) -> dict:
         """Mean reward (weighted total and each term) over the first and last fifth of steps;

@@ -158,6 +158,16 @@ def test_rounds_curve_and_stage_comparisons(run):
     assert set(metrics["comparisons"]) == {"grpo_stage1 - sft", "grpo_stage2 - grpo_stage1"}
 
 
+def test_every_checkpoint_folder_has_its_model_card(run):
+    from huggingface_hub import ModelCard
+
+    out, metrics, _ = run
+    for stage in ("sft", "grpo_stage1", "grpo_stage2"):
+        data = ModelCard.load(out / stage / "README.md").data
+        giou = next(r.metric_value for r in data.eval_results if r.metric_name == "gIoU")
+        assert giou == round(metrics["evaluation"][stage]["gIoU"], 4), stage
+
+
 def test_reading_summary_line():
     from rl.pipeline import reading_summary
 
