@@ -169,14 +169,24 @@ class Grounder:
                                deleted, proposed)
 
     def draw(self, result: InferenceResult, path: str | Path, scale: int | None = None) -> Path:
-        """The picture: image, grid lattice, decoded mask, boxes, final points, each offset as
-        an arrow and each deleted point crossed out (all rounds)."""
+        """The picture: the query written above; image, grid lattice, decoded mask, boxes,
+        final points, each offset as an arrow and each deleted point crossed out (all rounds);
+        after refinement rounds, the proposal drawn beside the refined result."""
         from rl.visualize import draw_prediction
+        from tokens.decoders import instance_masks
 
         moves = [m for rnd in result.moves for m in rnd]
         deleted = [d for rnd in result.deleted for d in rnd]
+        proposal = None
+        if result.moves:  # refinement rounds ran
+            h, w = result.image.shape[:2]
+            before = np.zeros((h, w), bool)
+            for m in instance_masks(self.decoder, result.image, result.proposed):
+                before |= m
+            proposal = (result.proposed, before)
         return draw_prediction(result.image, result.instances, self.vocab, path, result.mask,
-                               moves, deleted, scale)
+                               moves, deleted, scale, caption=f'"{result.query}"',
+                               proposal=proposal)
 
 
 def _load_image(image):

@@ -224,6 +224,8 @@ class Pipeline:
         self.metrics["evaluation"][name] = m
         self.last_predictions = preds
         self._compare(name, [p.score.iou for p in preds], rounds)
+        if self.cfg.eval.pictures:
+            self._contact_sheet(name, preds)
         acc = m["Acc@0.5"]
         log(f"held-out after {name}: gIoU {m['gIoU']:.3f}, cIoU {m['cIoU']:.3f}, Acc@0.5 "
             f"{'n/a' if acc is None else f'{acc:.3f}'}, parse failures {m['parse_failures']}/"
@@ -607,12 +609,8 @@ class Pipeline:
 
     def _pictures(self) -> None:
         """Pictures of held-out predictions, taken in turn from each expression kind: the
-        expression and IoU written above, the named objects outlined, the prediction drawn."""
-        from rewards.masks import iou_or_one as mask_iou
-        from rewards.solution import parse_solution
-        from rl.evaluate import masks_for
-        from rl.visualize import draw_prediction, refinement_marks
-
+        expression and IoU written above, the named objects outlined, the prediction drawn
+        (beside its proposal after a refinement)."""
         preds = getattr(self, "last_predictions", None)
         if preds is None:
             return
@@ -622,25 +620,53 @@ class Pipeline:
         picked = [k for group in zip(*[iter(v) for v in by_kind.values()], strict=False)
                   for k in group] if len(by_kind) > 1 else list(range(len(self.eval_rows)))
         for k in picked[: self.cfg.eval.pictures]:
-            pred, row = preds[k], self.eval_rows[k]
-            image = np.asarray(row["image"].convert("RGB"))
-            h, w = image.shape[:2]
-            mask = masks_for(self.decoder(), image, pred.instances, (w, h))
-            moves, deleted = [], []
-            if pred.refinements:
-                moves, deleted = refinement_marks(self._instances(pred.stage1),
-                                                  pred.refinements[0], self.vocab)
-            gt = parse_solution(row["solution"], row=row.get("id"))
-            caption = picture_caption(row, pred)
-            if pred.refinements:  # what the refinement did to the proposal's mask
-                before = masks_for(self.decoder(), image, pred.before_rounds[0], (w, h))
-                target = gt.union_mask()
-                caption += (f"\nproposal IoU {mask_iou(before, target):.2f}, after "
-                            f"{len(pred.refinements)} refinement round(s) "
-                            f"{mask_iou(mask, target):.2f}")
-            draw_prediction(image, pred.instances, self.vocab,
-                            self.out / "pictures" / f"{k:04d}_{row['id']}.png", mask, moves,
-                            deleted, target_hw=gt.union_mask(), caption=caption)
+            path = self.out / "pictures" / f"{k:04d}_{self.eval_rows[k]['id']}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._picture(k, preds[k]).save(path)
+
+    def _picture(self, k: int, pred, scale: int | None = None):
+        """The captioned picture (a PIL image) of held-out row `k`'s prediction."""
+        from rewards.masks import iou_or_one as mask_iou
+        from rewards.solution import parse_solution
+        from rl.evaluate import masks_for
+        from rl.visualize import refinement_marks, render_panel, side_by_side, with_caption
+
+        row = self.eval_rows[k]
+        image = np.asarray(row["image"].convert("RGB"))
+        h, w = image.shape[:2]
+        mask = masks_for(self.decoder(), image, pred.instances, (w, h))
+        target = parse_solution(row["solution"], row=row.get("id")).union_mask()
+        caption = picture_caption(row, pred)
+        if not pred.refinements:
+            return with_caption(render_panel(image, pred.instances, self.vocab, mask,
+                                             scale=scale, target_hw=target), caption)
+        moves, deleted = refinement_marks(self._instances(pred.stage1), pred.refinements[0],
+                                          self.vocab)
+        before = masks_for(self.decoder(), image, pred.before_rounds[0], (w, h))
+        caption += (f"\nproposal IoU {mask_iou(before, target):.2f}, after "
+                    f"{len(pred.refinements)} refinement round(s) {mask_iou(mask, target):.2f}")
+        panels = [render_panel(image, pred.before_rounds[0], self.vocab, before, scale=scale,
+                               target_hw=target, label="proposal"),
+                  render_panel(image, pred.instances, self.vocab, mask, moves, deleted, scale,
+                               target, label="refined")]
+        return with_caption(side_by_side(panels), caption)
+
+    def _contact_sheet(self, name: str, preds, n: int = 8) -> None:
+        """`pictures/sheet_<stage>.png`: the stage's `n` best held-out samples by IoU (top
+        rows) and its `n` worst (bottom rows), four to a row."""
+        from rl.visualize import contact_sheet
+
+        order = sorted(range(len(preds)), key=lambda k: (-preds[k].score.iou, k))
+        best = order[: min(n, len(order) // 2)]
+        worst = [k for k in order[::-1] if k not in best][: len(best)][::-1]
+        if not best:
+            return
+        tiles = [self._picture(k, preds[k], scale=2) for k in best + worst]
+        iou = [preds[k].score.iou for k in best + worst]
+        title = (f"{name}: the {len(best)} best held-out samples by IoU (top, "
+                 f"{iou[0]:.2f}-{iou[len(best) - 1]:.2f}) and the {len(worst)} worst (bottom, "
+                 f"{iou[len(best)]:.2f}-{iou[-1]:.2f}) of {len(preds)}")
+        contact_sheet(tiles, self.out / "pictures" / f"sheet_{name}.png", title)
 
     def _save_metrics(self) -> None:
         write_json(self.out / "metrics.json", self.metrics, indent=2)

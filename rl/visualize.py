@@ -3,7 +3,10 @@
 `draw_prediction` shows the image with the grid lattice, the decoded mask (translucent), each
 box, each seg point, and for refinements each offset as an arrow and each deleted point crossed
 out; with the ground truth, the named objects' outline (white) and a caption (the expression,
-the IoU). `plot_rewards` writes one PNG per stage with each reward term's mean over steps, from
+the IoU); after a refinement, the proposal and the refined result side by side.
+`contact_sheet` puts many such pictures on one page (the pipeline: per evaluated stage, the
+eight best and eight worst held-out samples by IoU).
+`plot_rewards` writes one PNG per stage with each reward term's mean over steps, from
 a TRL log history; `python -m rl.visualize runs/default` redraws them from a run's saved logs.
 """
 
@@ -23,6 +26,8 @@ ARROW_COLOUR = (255, 255, 0)
 DELETED_COLOUR = (255, 0, 255)
 GRID_COLOUR = (70, 70, 70)
 OUTLINE_COLOUR = (255, 255, 255)
+LABEL_COLOUR = (255, 255, 255)
+PANEL_GAP = 6  # black pixels between the panels of a picture and the tiles of a sheet
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -53,18 +58,13 @@ def refinement_marks(instances: Sequence[Instance], refinement, vocab: SpatialVo
     return moves, deleted
 
 
-def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
-                    mask_hw: np.ndarray | None = None, moves: Sequence = (),
-                    deleted: Sequence = (), scale: int | None = None,
-                    target_hw: np.ndarray | None = None, caption: str = "") -> Path:
-    """Save a picture of one prediction.
-
-    image: (H, W, 3) array or PIL image. instances: final instances (normalized). mask_hw: the
-    decoded mask in the image frame, drawn translucent. moves: ((x0, y0), (x1, y1)) offsets
-    drawn as arrows; deleted: (x, y) points drawn crossed out (normalized). target_hw: the
-    ground-truth mask (the named objects), drawn as a white outline. caption: text written
-    above the picture (e.g. the expression and the IoU).
-    """
+def render_panel(image, instances: Sequence[Instance], vocab: SpatialVocab,
+                 mask_hw: np.ndarray | None = None, moves: Sequence = (),
+                 deleted: Sequence = (), scale: int | None = None,
+                 target_hw: np.ndarray | None = None, label: str = ""):
+    """One prediction drawn on its image (a PIL image): the grid lattice, the decoded mask
+    (translucent), boxes, points, offsets as arrows, deleted points crossed out, the named
+    objects' outline (white) and an optional `label` in the top-left corner."""
     from PIL import Image, ImageDraw
     from scipy.ndimage import binary_erosion
 
@@ -102,19 +102,88 @@ def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, p
         arr = np.asarray(pic).copy()
         arr[edge] = OUTLINE_COLOUR
         pic = Image.fromarray(arr)
-    if caption:
-        lines = _wrap(caption, max(20, W // 7))
-        band = Image.new("RGB", (W, 14 * len(lines) + 6), (0, 0, 0))
-        bd = ImageDraw.Draw(band)
-        for k, line in enumerate(lines):
-            bd.text((4, 3 + 14 * k), line, fill=(255, 255, 255))
-        full = Image.new("RGB", (W, band.height + H))
-        full.paste(band, (0, 0))
-        full.paste(pic, (0, band.height))
-        pic = full
+    if label:
+        d = ImageDraw.Draw(pic)
+        d.rectangle([0, 0, 7 * len(label) + 6, 14], fill=(0, 0, 0))
+        d.text((3, 1), label, fill=LABEL_COLOUR)
+    return pic
+
+
+def with_caption(pic, caption: str):
+    """`pic` with `caption` written in white on a black band above it."""
+    from PIL import Image, ImageDraw
+
+    if not caption:
+        return pic
+    W = pic.width
+    lines = _wrap(caption, max(20, W // 7))
+    band = Image.new("RGB", (W, 14 * len(lines) + 6), (0, 0, 0))
+    bd = ImageDraw.Draw(band)
+    for k, line in enumerate(lines):
+        bd.text((4, 3 + 14 * k), line, fill=(255, 255, 255))
+    full = Image.new("RGB", (W, band.height + pic.height))
+    full.paste(band, (0, 0))
+    full.paste(pic, (0, band.height))
+    return full
+
+
+def side_by_side(pictures, gap: int = PANEL_GAP):
+    """Pictures of one height in a row, `gap` black pixels apart."""
+    from PIL import Image
+
+    W = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    row = Image.new("RGB", (W, max(p.height for p in pictures)))
+    x = 0
+    for p in pictures:
+        row.paste(p, (x, 0))
+        x += p.width + gap
+    return row
+
+
+def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
+                    mask_hw: np.ndarray | None = None, moves: Sequence = (),
+                    deleted: Sequence = (), scale: int | None = None,
+                    target_hw: np.ndarray | None = None, caption: str = "",
+                    proposal: tuple | None = None) -> Path:
+    """Save a picture of one prediction.
+
+    image: (H, W, 3) array or PIL image. instances: final instances (normalized). mask_hw: the
+    decoded mask in the image frame, drawn translucent. moves: ((x0, y0), (x1, y1)) offsets
+    drawn as arrows; deleted: (x, y) points drawn crossed out (normalized). target_hw: the
+    ground-truth mask (the named objects), drawn as a white outline. caption: text written
+    above the picture (e.g. the expression and the IoU). proposal: (instances, mask_hw) of the
+    grid-token proposal a refinement started from: drawn on the left, labelled "proposal",
+    beside the refined result ("refined", with its moves and deletions).
+    """
+    panel = render_panel(image, instances, vocab, mask_hw, moves, deleted, scale, target_hw,
+                         label="refined" if proposal is not None else "")
+    if proposal is not None:
+        before = render_panel(image, proposal[0], vocab, proposal[1], scale=scale,
+                              target_hw=target_hw, label="proposal")
+        panel = side_by_side([before, panel])
+    pic = with_caption(panel, caption)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pic.save(path)
+    return path
+
+
+def contact_sheet(tiles: Sequence, path: str | Path, title: str, cols: int = 4) -> Path:
+    """Save `tiles` (PIL images, e.g. captioned pictures) in a grid of `cols` columns under a
+    `title` band; each tile is centred in a cell the size of the largest tile."""
+    from PIL import Image
+
+    rows = -(-len(tiles) // cols)
+    cw = max(t.width for t in tiles) + PANEL_GAP
+    ch = max(t.height for t in tiles) + PANEL_GAP
+    sheet = Image.new("RGB", (cols * cw, max(1, rows) * ch), (0, 0, 0))
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        sheet.paste(t, (c * cw + (cw - t.width) // 2, r * ch + (ch - t.height) // 2))
+    sheet = with_caption(sheet, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
     return path
 
 

@@ -8,7 +8,14 @@ import pytest
 from PIL import Image
 
 from rl.infer import Grounder, InferenceResult, main
-from rl.visualize import ARROW_COLOUR, BOX_COLOUR, DELETED_COLOUR, GRID_COLOUR, POINT_COLOUR
+from rl.visualize import (
+    ARROW_COLOUR,
+    BOX_COLOUR,
+    DELETED_COLOUR,
+    GRID_COLOUR,
+    PANEL_GAP,
+    POINT_COLOUR,
+)
 from tokens import Instance, SpatialVocab, serialize_answer, serialize_refinement
 
 V = SpatialVocab(8)
@@ -60,22 +67,28 @@ def test_the_picture_shows_each_mark_where_it_belongs(grounder, tmp_path):
     r = grounder.result(scene(), "the square", answers())
     path = grounder.draw(r, tmp_path / "p.png", scale=1)
     with Image.open(path) as pic:
-        assert pic.size == (SIZE, SIZE)
-        px = pic.convert("RGB").load()
+        # The query above; the proposal (left) beside the refined result (right).
+        band = pic.size[1] - SIZE
+        assert pic.size == (2 * SIZE + PANEL_GAP, band + SIZE) and band >= 14
+        rgb = pic.convert("RGB")
+        px = rgb.load()
+        assert (np.asarray(rgb)[:band].min(axis=-1) > 128).sum() > 20  # the query is written
 
-    def at(x, y):
-        return px[int(x * SIZE), int(y * SIZE)]
+    def at(x, y, panel=1):
+        return px[panel * (SIZE + PANEL_GAP) + int(x * SIZE), band + int(y * SIZE)]
 
     for x, y in r.instances[0].points:  # the final points
         assert at(x, y) == POINT_COLOUR
+    for x, y in r.proposed[0].points:  # the proposal's points, on the left
+        assert at(x, y, panel=0) == POINT_COLOUR
     assert at(6.5 / 8, 6.5 / 8) == DELETED_COLOUR  # the deleted point is crossed out
     (x0, y0), (x1, y1) = r.moves[0][0]
     assert at((x0 + x1) / 2, y0) == ARROW_COLOUR  # the offset, drawn as an arrow
     assert at(1.5 / 8, 3 / 8) == BOX_COLOUR  # the box's left edge
-    assert px[7 * SIZE // 8, 10] == GRID_COLOUR  # the lattice
-    inside = px[100, 120]  # inside the object, away from the marks: tinted by the mask
+    assert at(7 / 8, 10 / SIZE) == GRID_COLOUR  # the lattice
+    inside = at(100 / SIZE, 120 / SIZE)  # inside the object, away from the marks: tinted
     assert inside != (30, 60, 90) and inside[2] > 90
-    assert px[220, 100] == (200, 200, 200)  # background stays as it was
+    assert at(220 / SIZE, 100 / SIZE) == (200, 200, 200)  # background stays as it was
 
 
 def test_the_command_line_runs_the_model_and_writes_picture_and_json(grid8_model, tmp_path):

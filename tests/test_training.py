@@ -105,7 +105,7 @@ def test_logged_reward_terms_match_the_config(run):
         assert logged == set(getattr(cfg, stage).rewards) | {"spy"}
     assert set(metrics["evaluation"]) == {"untrained", "sft", "grpo_stage1", "grpo_stage2"}
     assert (out / "metrics.json").is_file() and list((out / "plots").glob("grpo_stage1_*.png"))
-    assert len(list((out / "pictures").glob("*.png"))) == 2
+    assert len(list((out / "pictures").glob("[0-9]*.png"))) == 2
 
 
 def test_finished_stages_are_skipped_on_resume(run, capsys):
@@ -131,7 +131,15 @@ def test_shuffled_expression_control_and_captioned_pictures(run):
     control = metrics["controls"]["shuffled_expression"]
     assert control["samples"] == 16 and control["model"] == "grpo_stage2"
     assert "referent_accuracy" in metrics["evaluation"]["grpo_stage2"]
-    assert len(list((out / "pictures").glob("*.png"))) == 2
+    assert len(list((out / "pictures").glob("[0-9]*.png"))) == 2
+    # One contact sheet per evaluated stage: the 8 best and the 8 worst of 16, four to a row
+    # (the layout: tests/test_visualize.py).
+    sheets = {p.stem.removeprefix("sheet_") for p in (out / "pictures").glob("sheet_*.png")}
+    assert sheets == set(metrics["evaluation"])
+    from PIL import Image
+
+    with Image.open(out / "pictures" / "sheet_grpo_stage2.png") as sheet:
+        assert sheet.width >= 4 * 224 and sheet.height >= 4 * 224  # 4x4 tiles of 112 px x 2
 
 
 def test_stage2_is_one_on_policy_trainer_with_signal_shares_logged(run):
