@@ -155,6 +155,9 @@ class GRPOStageConfig:
     regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None
     logging_steps: int | None = None  # this stage's logging interval (null: the run's)
+    # TRL's completion tables (prompt, completion, rewards, advantage) each logging step:
+    # parquet files in the trainer folder, and the trackers' tables (rl.tracking).
+    log_completions: bool = False
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     extra_args: dict = field(default_factory=dict)
@@ -195,6 +198,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging_steps: int = 10
     progress_bars: bool = True
+    # Experiment trackers every trainer reports to, as transformers' `report_to`, e.g.
+    # [tensorboard] or [wandb]; the held-out evaluation of each stage too (rl.tracking).
+    report_to: list = field(default_factory=list)
     # Torch threads of a CPU run; null: every core this process may use, shared by the local
     # processes (`accelerate launch` alone sets OMP_NUM_THREADS=1, measured 1.5x slower here).
     cpu_threads: int | None = None
@@ -301,7 +307,7 @@ def to_dict(cfg) -> dict:
 # comes before them.
 STAGES = ("sft", "grpo_stage1", "grpo_stage2")
 # Recipe values that change where and how a run reports, not what it computes.
-UNSHARED_KEYS = ("output_dir", "progress_bars", "logging_steps", "cpu_threads")
+UNSHARED_KEYS = ("output_dir", "progress_bars", "logging_steps", "cpu_threads", "report_to")
 
 
 def stage_key(cfg: RunConfig, stage: str) -> str:
@@ -314,9 +320,10 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
     later = STAGES if stage == "untrained" else STAGES[STAGES.index(stage) + 1:]
     for name in later:
         d.pop(name, None)
-    for name in STAGES:  # how often a stage logs changes nothing it trains
+    for name in STAGES:  # how often and what a stage logs changes nothing it trains
         if isinstance(d.get(name), dict):
             d[name].pop("logging_steps", None)
+            d[name].pop("log_completions", None)
     if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
         d["eval"] = {k: v for k, v in d["eval"].items() if k not in ("rounds", "rounds_curve")}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -50,10 +50,13 @@ class RunContext:
     logging_steps: int = 10
     progress_bars: bool = True
     callbacks: list = field(default_factory=list)  # transformers TrainerCallbacks for trainers
+    report_to: tuple = ()  # experiment trackers (transformers' report_to)
+    trackers: Any = None  # rl.tracking.Trackers: held-out figures to the trackers
 
     @classmethod
     def from_config(cls, cfg, processor) -> RunContext:
         from rl.data.samples import load_prompts
+        from rl.tracking import Trackers
         from tokens.registry import get_codec
 
         vocab = SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
@@ -62,7 +65,8 @@ class RunContext:
                    decoder_spec=cfg.data.decoder, processor=processor,
                    prompts=load_prompts(cfg.data.prompts), output_dir=Path(cfg.output_dir),
                    seed=cfg.seed, logging_steps=cfg.logging_steps,
-                   progress_bars=cfg.progress_bars)
+                   progress_bars=cfg.progress_bars, report_to=tuple(cfg.report_to),
+                   trackers=Trackers(cfg.report_to))
 
     def decoder(self):
         """The mask decoder, one per configuration in this process (shared embedding cache)."""

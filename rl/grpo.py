@@ -66,6 +66,7 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     init, for a policy fresh from the cold start); it is pointed at `reference` here."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from rl.tracking import callbacks_for
     from rl.training import common_args, lora_config, score_labelled_positions_only
 
     score_labelled_positions_only()
@@ -80,11 +81,16 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
         max_completion_length=stage.max_completion_length, temperature=stage.temperature,
         beta=stage.beta, loss_type=stage.loss_type, reward_weights=weights,
         use_vllm=stage.use_vllm, **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}),
-        **stage.extra_args)
+        log_completions=stage.log_completions,
+        # TRL also prints the table to the console when `rich` is installed: a few rows, not
+        # every completion of the step (unless extra_args say otherwise).
+        **{**({"num_completions_to_print": 2} if stage.log_completions else {}),
+           **stage.extra_args})
     peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
+    callbacks = list(ctx.callbacks) + callbacks_for(ctx.report_to, stage.log_completions)
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                        processing_class=ctx.processor, peft_config=peft_config,
-                       callbacks=list(ctx.callbacks) or None, rollout_func=rollout_func)
+                       callbacks=callbacks or None, rollout_func=rollout_func)
 
 
 def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, train_dataset,

@@ -226,6 +226,8 @@ class Pipeline:
         self._compare(name, [p.score.iou for p in preds], rounds)
         if self.cfg.eval.pictures:
             self._contact_sheet(name, preds)
+        if self.ctx.trackers:
+            self.ctx.trackers.log_evaluation(name, m)
         acc = m["Acc@0.5"]
         log(f"held-out after {name}: gIoU {m['gIoU']:.3f}, cIoU {m['cIoU']:.3f}, Acc@0.5 "
             f"{'n/a' if acc is None else f'{acc:.3f}'}, parse failures {m['parse_failures']}/"

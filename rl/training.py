@@ -51,7 +51,7 @@ def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:
         learning_rate=stage.learning_rate, weight_decay=stage.weight_decay,
         gradient_checkpointing=stage.gradient_checkpointing,
         logging_steps=getattr(stage, "logging_steps", None) or ctx.logging_steps,
-        report_to=[], save_strategy="no", seed=ctx.seed,
+        report_to=list(ctx.report_to), save_strategy="no", seed=ctx.seed,
         bf16=use_bf16(), disable_tqdm=not ctx.progress_bars)
 
 
@@ -95,6 +95,8 @@ def train_and_save(trainer, ctx: RunContext, merge: bool, save: bool = True):
     """Train, merge a LoRA adapter (`merge`), and (main process, `save`) write the model, its
     log history and trainer info into `ctx.output_dir`. Returns (model, log history)."""
     trainer.train()
+    if ctx.trackers is not None:
+        ctx.trackers.attach(trainer)
     model = trainer.model
     if merge:
         model = model.merge_and_unload()
