@@ -168,25 +168,38 @@ class Grounder:
         return InferenceResult(arr, query, list(answers), tokens, instances, masks, moves,
                                deleted, proposed)
 
-    def draw(self, result: InferenceResult, path: str | Path, scale: int | None = None) -> Path:
-        """The picture: the query written above; image, grid lattice, decoded mask, boxes,
-        final points, each offset as an arrow and each deleted point crossed out (all rounds);
-        after refinement rounds, the proposal drawn beside the refined result."""
-        from rl.visualize import draw_prediction
-        from tokens.decoders import instance_masks
+    def picture(self, result: InferenceResult, scale: int | None = None):
+        """The picture (a PIL image): the query written above; image, grid lattice, decoded
+        mask, boxes, final points, each offset as an arrow and each deleted point crossed out
+        (all rounds); after refinement rounds, the proposal drawn beside the refined result."""
+        from rl.visualize import render_panel, side_by_side, with_caption
 
         moves = [m for rnd in result.moves for m in rnd]
         deleted = [d for rnd in result.deleted for d in rnd]
-        proposal = None
-        if result.moves:  # refinement rounds ran
-            h, w = result.image.shape[:2]
-            before = np.zeros((h, w), bool)
-            for m in instance_masks(self.decoder, result.image, result.proposed):
-                before |= m
-            proposal = (result.proposed, before)
-        return draw_prediction(result.image, result.instances, self.vocab, path, result.mask,
-                               moves, deleted, scale, caption=f'"{result.query}"',
-                               proposal=proposal)
+        final = render_panel(result.image, result.instances, self.vocab, result.mask, moves,
+                             deleted, scale, label="refined" if result.moves else "")
+        if result.moves:  # refinement rounds ran: the proposal beside the result
+            proposal = render_panel(result.image, result.proposed, self.vocab,
+                                    self.proposal_mask(result), scale=scale, label="proposal")
+            final = side_by_side([proposal, final])
+        return with_caption(final, f'"{result.query}"')
+
+    def proposal_mask(self, result: InferenceResult) -> np.ndarray:
+        """The union of the proposal's decoded masks (before any refinement round)."""
+        from tokens.decoders import instance_masks
+
+        h, w = result.image.shape[:2]
+        out = np.zeros((h, w), bool)
+        for m in instance_masks(self.decoder, result.image, result.proposed):
+            out |= m
+        return out
+
+    def draw(self, result: InferenceResult, path: str | Path, scale: int | None = None) -> Path:
+        """Save `picture(result)` to `path`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.picture(result, scale).save(path)
+        return path
 
 
 def _load_image(image):
