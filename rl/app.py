@@ -114,7 +114,8 @@ def build_app(grounder, scenes: list[tuple[str, np.ndarray]]):
         with gr.Row():
             with gr.Column():
                 scene = gr.Radio(names, label="a bundled scene", elem_id="scene")
-                image = gr.Image(type="numpy", label="or your own image", elem_id="image")
+                image = gr.Image(type="numpy", label="or your own image", elem_id="image",
+                                 format="png")  # lossless: the scene reaches the model as drawn
                 query = gr.Textbox(label="expression", elem_id="query",
                                    placeholder="the red circle")
                 rounds = gr.Slider(0, MAX_ROUNDS, value=1, step=1, elem_id="rounds",
