@@ -201,6 +201,10 @@ class RunConfig:
     # Experiment trackers every trainer reports to, as transformers' `report_to`, e.g.
     # [tensorboard] or [wandb]; the held-out evaluation of each stage too (rl.tracking).
     report_to: list = field(default_factory=list)
+    # TRL's fused LM head projects only the labelled positions on CPUs too (2.6x faster SFT
+    # steps here; the same loss up to float rounding, not bit-identical): false keeps TRL's
+    # own path (rl.training.score_labelled_positions_only).
+    score_labelled_only: bool = True
     # Torch threads of a CPU run; null: every core this process may use, shared by the local
     # processes (`accelerate launch` alone sets OMP_NUM_THREADS=1, measured 1.5x slower here).
     cpu_threads: int | None = None

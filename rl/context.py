@@ -52,6 +52,7 @@ class RunContext:
     callbacks: list = field(default_factory=list)  # transformers TrainerCallbacks for trainers
     report_to: tuple = ()  # experiment trackers (transformers' report_to)
     trackers: Any = None  # rl.tracking.Trackers: held-out figures to the trackers
+    score_labelled_only: bool = True  # rl.training.score_labelled_positions_only
 
     @classmethod
     def from_config(cls, cfg, processor) -> RunContext:
@@ -66,7 +67,8 @@ class RunContext:
                    prompts=load_prompts(cfg.data.prompts), output_dir=Path(cfg.output_dir),
                    seed=cfg.seed, logging_steps=cfg.logging_steps,
                    progress_bars=cfg.progress_bars, report_to=tuple(cfg.report_to),
-                   trackers=Trackers(cfg.report_to))
+                   trackers=Trackers(cfg.report_to),
+                   score_labelled_only=cfg.score_labelled_only)
 
     def decoder(self):
         """The mask decoder, one per configuration in this process (shared embedding cache)."""

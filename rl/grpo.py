@@ -69,7 +69,7 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     from rl.tracking import callbacks_for
     from rl.training import common_args, lora_config, score_labelled_positions_only
 
-    score_labelled_positions_only()
+    score_labelled_positions_only(ctx.score_labelled_only)
     if reference is not None:
         if not (Path(reference) / "config.json").is_file():
             raise ValueError(f"{stage_name}: KL reference {reference} is not a saved checkpoint")

@@ -132,7 +132,7 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
 
     from rl.training import common_args, lora_config, score_labelled_positions_only
 
-    score_labelled_positions_only()
+    score_labelled_positions_only(ctx.score_labelled_only)
     train_dataset = render_conversations(train_dataset, ctx.processor)
     if stage.collate_cache and "image" in train_dataset.column_names:
         from datasets import Image

@@ -16,8 +16,9 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def score_labelled_positions_only() -> None:
-    """Let TRL's fused LM head project only the positions that carry a label on CPUs too.
+def score_labelled_positions_only(enabled: bool = True) -> None:
+    """Let TRL's fused LM head project only the positions that carry a label on CPUs too
+    (`enabled`), or restore TRL's own choice (not `enabled`).
 
     TRL 1.16 computes the SFT loss and GRPO's log-probabilities through a fused LM head
     (`trl.trainer.utils.add_fused_lm_head`). On Triton devices it projects only the labelled
@@ -27,18 +28,27 @@ def score_labelled_positions_only() -> None:
     projecting and back-propagating positions whose loss is masked to 0. The choice is the
     module-level name `_use_triton` in `trl.trainer.utils` (read only there, for that choice;
     the kernels keep their own); it is wrapped to say yes for CPU devices. Same log-
-    probabilities and loss up to float rounding (tests/test_training.py compares loss and
-    gradients with TRL's own path). Idempotent; a TRL without that name is left alone."""
+    probabilities, loss and gradients up to float rounding (tests/test_training.py compares
+    them with TRL's own path), but not bit-identical: `score_labelled_only: false` in a recipe
+    keeps TRL's path, e.g. to reproduce a run made before this existed. A TRL without that
+    name is left alone."""
     import trl.trainer.utils as trl_utils
 
     choose = getattr(trl_utils, "_use_triton", None)
-    if choose is None or getattr(choose, "getok_cpu_compact", False):
+    if choose is None:
+        return
+    wrapped = getattr(choose, "getok_cpu_compact", None)
+    if not enabled:
+        if wrapped is not None:
+            trl_utils._use_triton = wrapped  # TRL's own choice back
+        return
+    if wrapped is not None:
         return
 
     def compact_on_cpu(device) -> bool:
         return device.type == "cpu" or choose(device)
 
-    compact_on_cpu.getok_cpu_compact = True
+    compact_on_cpu.getok_cpu_compact = choose
     trl_utils._use_triton = compact_on_cpu
 
 

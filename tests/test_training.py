@@ -176,6 +176,31 @@ def test_every_checkpoint_folder_has_its_model_card(run):
         assert giou == round(metrics["evaluation"][stage]["gIoU"], 4), stage
 
 
+def test_every_stage_reports_to_tensorboard(run):
+    # The default recipe's report_to: [tensorboard]: each stage's event files hold its training
+    # logs (each reward term of a GRPO stage), its held-out figures, and the completion tables.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, metrics, _ = run
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    for stage in ("sft", "grpo_stage1", "grpo_stage2"):
+        scalars, texts = {}, set()
+        for folder in (out / stage / "trainer" / "runs").iterdir():
+            events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+            events.Reload()
+            for tag in events.Tags()["scalars"]:
+                scalars[tag] = [e.value for e in events.Scalars(tag)]
+            texts |= set(events.Tags()["tensors"])
+        assert "train/loss" in scalars, stage
+        giou = scalars["test/gIoU"]
+        assert giou == [pytest.approx(metrics["evaluation"][stage]["gIoU"], abs=1e-6)], stage
+        if stage.startswith("grpo"):
+            for term in getattr(cfg, stage).rewards:
+                assert f"train/rewards/{term}/mean" in scalars, (stage, term)
+            assert "completions/text_summary" in texts, stage
+            assert list((out / stage / "trainer" / "completions").glob("*.parquet"))
+
+
 def test_reading_summary_line():
     from rl.pipeline import reading_summary
 
@@ -223,8 +248,12 @@ def test_fused_head_scores_labelled_positions_only_with_the_same_loss(tiny_model
     score_labelled_positions_only()
     score_labelled_positions_only()  # idempotent: wraps once
     assert trl_utils._use_triton(torch.device("cpu"))
-    assert trl_utils._use_triton.getok_cpu_compact
+    assert trl_utils._use_triton.getok_cpu_compact is kernels._use_triton
     compact, compact_grads = loss_and_grads()
+    score_labelled_positions_only(False)  # a recipe's score_labelled_only: false
+    assert trl_utils._use_triton is kernels._use_triton
+    again, _ = loss_and_grads()
+    assert torch.equal(again.loss, full.loss)  # TRL's own path: bit for bit
 
     torch.testing.assert_close(compact.loss, full.loss, rtol=1e-6, atol=1e-6)
     for field in ("log_probs", "entropy", "is_top1"):
