@@ -55,9 +55,12 @@ class RefineFormatReward(_Stage2Reward):
     line credits summed over max(lines, instances): 1 per well-formed line, and, with
     `partial` (the default), half the share of checks a malformed line passes (wrapper,
     nesting, box part, seg part; see `OffsetLine.conformity`), so a policy whose every line is
-    malformed still sees which samples come closer. With no stage-1 instance an empty
-    `<answer></answer>` scores 1. No `<answer>` at all scores 0, and anything outside
-    `[<think>…</think>]<answer>…</answer>` halves the score. Range [0, 1].
+    malformed still sees which samples come closer. With no stage-1 instance there is nothing
+    to refine and every answer scores 0: a constant, so such a group carries no advantage
+    (paying 1 for `<answer></answer>` there trained the shared weights to close answers
+    early, and on-policy stage 2 drifted into empty proposals; method spec §11). No `<answer>`
+    at all scores 0, and anything outside `[<think>…</think>]<answer>…</answer>` halves the
+    score. Range [0, 1].
     Logs `refine_format/complete` (share of completions with every line right).
     """
 
@@ -68,7 +71,7 @@ class RefineFormatReward(_Stage2Reward):
         self.partial = bool(partial)
 
     def score(self, ref: ParsedRefinement) -> float:
-        if not ref.has_answer:
+        if not ref.has_answer or ref.num_instances == 0:
             return 0.0
         if ref.complete:
             frac = 1.0

@@ -70,7 +70,8 @@ def test_refine_format_partial_credit_orders_malformed_lines():
     (ans(GOOD[0], think=False), S1_TWO, 0.5),
     ("<offset><seg><off_0_0></seg></offset>", S1_TWO, 0.0),  # no <answer>
     (ans(*GOOD) + " trailing", S1_TWO, 0.5),
-    ("<answer></answer>", ans(), 1.0),
+    # No stage-1 instance: nothing to refine, every answer scores 0 (no advantage to learn).
+    ("<answer></answer>", ans(), 0.0),
     (ans(off("<off_0_0>")), ans(), 0.0),
 ])
 def test_refine_format(text, stage1, expected):
