@@ -209,6 +209,26 @@ def test_sam_batched_cached_and_one_by_one_agree(sam_tiny):
         assert (m[scores.argmax()] == b).all()
 
 
+def test_decoding_goes_max_batch_prompts_at_a_time(sam_tiny):
+    # 1,024 lattice prompts in one SAM call held 3 x 1024 x 1024 floats each (~13 GiB): a
+    # G = 32 `propose` ran out of memory. Chunks give the same masks.
+    image, _ = draw_scene(np.random.default_rng(3), (96, 96), n_objects=2)
+    prompts = [Prompt(None, ((float(x), float(y)),)) for x in range(4, 96, 9)
+               for y in range(4, 96, 9)]  # 121 single-point prompts
+    whole = SamDecoder(sam_tiny, device="cpu")
+    whole.max_batch = 1000
+    chunked = SamDecoder(sam_tiny, device="cpu")
+    sizes = []
+    original = chunked._decode_batch
+    chunked._decode_batch = lambda emb, img, group: (sizes.append(len(group)),
+                                                     original(emb, img, group))[1]
+    assert chunked.max_batch == 64
+    a, b = whole.decode_with_scores(image, prompts), chunked.decode_with_scores(image, prompts)
+    assert sizes == [64, 57]
+    for (ma, sa), (mb, sb) in zip(a, b, strict=True):
+        assert (ma == mb).all() and sa == pytest.approx(sb, abs=1e-6)
+
+
 def test_sam_propose_on_the_lattice(sam_tiny):
     image, _ = draw_scene(np.random.default_rng(1), (128, 128), n_objects=2)
     p = SamDecoder(sam_tiny, device="cpu").propose(image, SpatialVocab(grid_size=4))

@@ -211,6 +211,11 @@ class MaskDecoder(ABC):
     """
 
     name = ""
+    # Prompts per model call. A promptable segmenter upsamples every prompt's masks to its input
+    # size before resizing them to the image (SAM: 3 x 1024 x 1024 floats per prompt, 12 MiB),
+    # so the 1,024 lattice prompts of a 32-grid `propose` in one call needed ~13 GiB; SAM's own
+    # everything-mode decodes 64 points at a time.
+    max_batch = 64
 
     def __init__(self, cache_size: int = 32):
         self.cache = EmbeddingCache(cache_size)
@@ -231,7 +236,7 @@ class MaskDecoder(ABC):
 
         The image is embedded at most once (cached); each distinct prompt is decoded once;
         prompts with the same number of points and the same box/no-box shape go through the
-        model in one batch.
+        model together, `max_batch` at a time.
         """
         return [m for m, _ in self.decode_with_scores(image, prompts)]
 
@@ -246,9 +251,11 @@ class MaskDecoder(ABC):
             for p in unique:
                 groups.setdefault((p.box_xyxy_px is not None, len(p.points_xy_px)), []).append(p)
             for group in groups.values():
-                masks, scores = self._decode_batch(emb, img, group)
-                for p, m, s in zip(group, masks, scores, strict=True):
-                    results[p] = (m, float(s))
+                for start in range(0, len(group), self.max_batch):
+                    chunk = group[start:start + self.max_batch]
+                    masks, scores = self._decode_batch(emb, img, chunk)
+                    for p, m, s in zip(chunk, masks, scores, strict=True):
+                        results[p] = (m, float(s))
         empty = (np.zeros((h, w), dtype=bool), 0.0)
         return [results.get(p, empty) for p in prompts]
 
