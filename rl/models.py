@@ -196,6 +196,85 @@ def build_tiny_qwen2_5_vl(
     return out_dir
 
 
+# The released Qwen2.5-VL checkpoints' widths (their config.json): language model, vision tower,
+# embedding rows and head tying. Depth is what `build_qwen2_5_vl_at_width` cuts.
+QWEN2_5_VL_WIDTHS = {
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+               num_hidden_layers=36, vision_out_hidden_size=2048),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+               num_hidden_layers=28, vision_out_hidden_size=3584),
+}
+# The vision tower is the same in both: 32 blocks of width 1280, 16 heads, 14-px patches merged
+# 2x2, window attention with full attention every eighth block.
+QWEN2_5_VL_VISION = dict(hidden_size=1280, intermediate_size=3420, num_heads=16, depth=32,
+                         patch_size=14, spatial_merge_size=2, window_size=112,
+                         fullatt_block_indexes=[7, 15, 23, 31])
+
+
+def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers: int = 1,
+                              vision_depth: int = 1, image_size: int = 112,
+                              dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """A Qwen2.5-VL with a released checkpoint's widths (`QWEN2_5_VL_WIDTHS`: every width,
+    head count, vocabulary rows, tying, the real vision tower width) and its real tokenizer
+    (`rl.qwen_vocab`), depth cut to `num_layers` language and `vision_depth` vision blocks,
+    random weights; saved with its processor (an `image_size`² pixel budget) to `out_dir`.
+    For running the paper recipe's code path at real widths on a CPU (rl/bench/paper_widths.py);
+    not a model that knows anything."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    from rl.qwen_vocab import CHAT_TEMPLATE as QWEN_TEMPLATE
+    from rl.qwen_vocab import qwen2_5_vl_tokenizer
+
+    if size not in QWEN2_5_VL_WIDTHS:
+        raise ValueError(f"unknown size {size!r}; known: {sorted(QWEN2_5_VL_WIDTHS)}")
+    w = QWEN2_5_VL_WIDTHS[size]
+    tokenizer = qwen2_5_vl_tokenizer()
+    tokenizer.padding_side = "left"
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    v = QWEN2_5_VL_VISION
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=w["vocab_size"], hidden_size=w["hidden_size"],
+            intermediate_size=w["intermediate_size"], num_hidden_layers=num_layers,
+            num_attention_heads=w["num_attention_heads"],
+            num_key_value_heads=w["num_key_value_heads"], max_position_embeddings=128000,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                             "mrope_section": [16, 24, 24]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=w["tie_word_embeddings"],
+            dtype=dtype),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=v["hidden_size"],
+            intermediate_size=v["intermediate_size"], num_heads=v["num_heads"],
+            out_hidden_size=w["vision_out_hidden_size"], patch_size=v["patch_size"],
+            spatial_merge_size=v["spatial_merge_size"], window_size=v["window_size"],
+            fullatt_block_indexes=[vision_depth - 1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=w["tie_word_embeddings"], dtype=dtype)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, dtype))
+    pixels = image_size * image_size
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels),
+        tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def load_model(path: str | Path, model_cfg=None):
     """A saved vision-language model by path, in the configured dtype (float32 default)."""
     import torch

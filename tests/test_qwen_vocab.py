@@ -125,3 +125,27 @@ def test_extend_fills_the_spare_rows_of_a_real_vocabulary(name):
     assert (head.data_ptr() == emb.data_ptr()) == tied
     assert head[151665:151665 + n].abs().max() < 100
     assert check_vocab_consistency(model, tok)["tokenizer_len"] == 151665 + n
+
+
+def test_a_model_at_the_3b_widths_with_the_real_tokenizer(tmp_path):
+    # rl.models.build_qwen2_5_vl_at_width: the released 3B config's widths, rows and tying, one
+    # block each, the real tokenizer and a processor whose chat template places the image pads.
+    from transformers import AutoConfig, AutoProcessor
+
+    from rl.models import QWEN2_5_VL_VISION, QWEN2_5_VL_WIDTHS, build_qwen2_5_vl_at_width
+
+    out = build_qwen2_5_vl_at_width(tmp_path / "q3b", "3b")
+    cfg = AutoConfig.from_pretrained(out)
+    text, w = cfg.get_text_config(), QWEN2_5_VL_WIDTHS["3b"]
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads,
+            text.num_key_value_heads, text.vocab_size, text.num_hidden_layers) == (
+        w["hidden_size"], w["intermediate_size"], w["num_attention_heads"],
+        w["num_key_value_heads"], 151936, 1)
+    assert cfg.tie_word_embeddings and cfg.vision_config.hidden_size == QWEN2_5_VL_VISION[
+        "hidden_size"] and cfg.vision_config.out_hidden_size == 2048
+    assert cfg.image_token_id == 151655 and cfg.vision_start_token_id == 151652
+    processor = AutoProcessor.from_pretrained(out)
+    assert len(processor.tokenizer) == 151665
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    assert "<|vision_start|><|image_pad|><|vision_end|>hi" in processor.apply_chat_template(
+        msgs, tokenize=False)
