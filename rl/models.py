@@ -231,7 +231,6 @@ def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers:
         Qwen2VLVideoProcessor,
     )
 
-    from rl.qwen_vocab import CHAT_TEMPLATE as QWEN_TEMPLATE
     from rl.qwen_vocab import qwen2_5_vl_tokenizer
 
     if size not in QWEN2_5_VL_WIDTHS:
@@ -267,7 +266,7 @@ def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers:
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
         video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels),
-        tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

