@@ -172,17 +172,14 @@ class Grounder:
         """The picture (a PIL image): the query written above; image, grid lattice, decoded
         mask, boxes, final points, each offset as an arrow and each deleted point crossed out
         (all rounds); after refinement rounds, the proposal drawn beside the refined result."""
-        from rl.visualize import render_panel, side_by_side, with_caption
+        from rl.visualize import prediction_picture
 
         moves = [m for rnd in result.moves for m in rnd]
         deleted = [d for rnd in result.deleted for d in rnd]
-        final = render_panel(result.image, result.instances, self.vocab, result.mask, moves,
-                             deleted, scale, label="refined" if result.moves else "")
-        if result.moves:  # refinement rounds ran: the proposal beside the result
-            proposal = render_panel(result.image, result.proposed, self.vocab,
-                                    self.proposal_mask(result), scale=scale, label="proposal")
-            final = side_by_side([proposal, final])
-        return with_caption(final, f'"{result.query}"')
+        proposal = (result.proposed, self.proposal_mask(result)) if result.moves else None
+        return prediction_picture(result.image, result.instances, self.vocab, result.mask,
+                                  moves, deleted, scale, caption=f'"{result.query}"',
+                                  proposal=proposal)
 
     def proposal_mask(self, result: InferenceResult) -> np.ndarray:
         """The union of the proposal's decoded masks (before any refinement round)."""

@@ -631,7 +631,7 @@ class Pipeline:
         from rewards.masks import iou_or_one as mask_iou
         from rewards.solution import parse_solution
         from rl.evaluate import masks_for
-        from rl.visualize import refinement_marks, render_panel, side_by_side, with_caption
+        from rl.visualize import prediction_picture, refinement_marks
 
         row = self.eval_rows[k]
         image = np.asarray(row["image"].convert("RGB"))
@@ -640,18 +640,15 @@ class Pipeline:
         target = parse_solution(row["solution"], row=row.get("id")).union_mask()
         caption = picture_caption(row, pred)
         if not pred.refinements:
-            return with_caption(render_panel(image, pred.instances, self.vocab, mask,
-                                             scale=scale, target_hw=target), caption)
+            return prediction_picture(image, pred.instances, self.vocab, mask, scale=scale,
+                                      target_hw=target, caption=caption)
         moves, deleted = refinement_marks(self._instances(pred.stage1), pred.refinements[0],
                                           self.vocab)
         before = masks_for(self.decoder(), image, pred.before_rounds[0], (w, h))
         caption += (f"\nproposal IoU {mask_iou(before, target):.2f}, after "
                     f"{len(pred.refinements)} refinement round(s) {mask_iou(mask, target):.2f}")
-        panels = [render_panel(image, pred.before_rounds[0], self.vocab, before, scale=scale,
-                               target_hw=target, label="proposal"),
-                  render_panel(image, pred.instances, self.vocab, mask, moves, deleted, scale,
-                               target, label="refined")]
-        return with_caption(side_by_side(panels), caption)
+        return prediction_picture(image, pred.instances, self.vocab, mask, moves, deleted, scale,
+                                  target, caption, proposal=(pred.before_rounds[0], before))
 
     def _contact_sheet(self, name: str, preds, n: int = 8) -> None:
         """`pictures/sheet_<stage>.png`: the stage's `n` best held-out samples by IoU (top

@@ -140,12 +140,12 @@ def side_by_side(pictures, gap: int = PANEL_GAP):
     return row
 
 
-def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
-                    mask_hw: np.ndarray | None = None, moves: Sequence = (),
-                    deleted: Sequence = (), scale: int | None = None,
-                    target_hw: np.ndarray | None = None, caption: str = "",
-                    proposal: tuple | None = None) -> Path:
-    """Save a picture of one prediction.
+def prediction_picture(image, instances: Sequence[Instance], vocab: SpatialVocab,
+                       mask_hw: np.ndarray | None = None, moves: Sequence = (),
+                       deleted: Sequence = (), scale: int | None = None,
+                       target_hw: np.ndarray | None = None, caption: str = "",
+                       proposal: tuple | None = None):
+    """A picture of one prediction (a PIL image).
 
     image: (H, W, 3) array or PIL image. instances: final instances (normalized). mask_hw: the
     decoded mask in the image frame, drawn translucent. moves: ((x0, y0), (x1, y1)) offsets
@@ -161,10 +161,15 @@ def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, p
         before = render_panel(image, proposal[0], vocab, proposal[1], scale=scale,
                               target_hw=target_hw, label="proposal")
         panel = side_by_side([before, panel])
-    pic = with_caption(panel, caption)
+    return with_caption(panel, caption)
+
+
+def draw_prediction(image, instances: Sequence[Instance], vocab: SpatialVocab, path: str | Path,
+                    *args, **kwargs) -> Path:
+    """Save `prediction_picture(image, instances, vocab, *args, **kwargs)` to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(path)
+    prediction_picture(image, instances, vocab, *args, **kwargs).save(path)
     return path
 
 
