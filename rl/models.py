@@ -13,6 +13,8 @@ import itertools
 import random
 from pathlib import Path
 
+from rl.qwen_vocab import CHAT_TEMPLATE
+
 # Qwen's chat and vision special tokens, in the order the tiny tokenizer gives them ids.
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -27,29 +29,6 @@ QWEN_SPECIAL_TOKENS = (
 ANSWER_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<box>", "</box>", "<seg>",
                "</seg>", "<offset>", "</offset>")
 
-# A Qwen2-VL style chat template written for this package. Assistant content is wrapped in
-# {% generation %} so TRL's `assistant_only_loss=True` can mask everything else.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['role'] == 'assistant' %}{% generation %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 _WORDS = (
     "the a an of and to in on left right above below of with is are all every no none "

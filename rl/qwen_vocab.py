@@ -7,8 +7,8 @@ transformers fast tokenizer the way Qwen2's `tokenizer.json` is made: NFC normal
 Qwen2 pre-tokenizer rule (digits one at a time, `\\p{N}`), byte-level BPE, then the 22 special
 tokens of Qwen2.5-VL at their real ids 151643-151664 (`<|endoftext|>`, `<|im_start|>`,
 `<|im_end|>`, ..., `<|vision_start|>`, `<|image_pad|>`, ...), 151,665 tokens in all, and the
-package's Qwen chat template (`rl.models.CHAT_TEMPLATE`: system turn by default, each image as
-`<|vision_start|><|image_pad|><|vision_end|>`, assistant turns marked for
+package's Qwen chat template (`CHAT_TEMPLATE`, also the tiny model's: system turn by default,
+each image as `<|vision_start|><|image_pad|><|vision_end|>`, assistant turns marked for
 `assistant_only_loss`).
 
 How the ids were checked (tests/test_qwen_vocab.py): the ordinary-text encodings agree with the
@@ -39,6 +39,30 @@ SPECIAL_TOKENS = (
     "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>",
 )
+# A Qwen2-VL style chat template written for this package. Assistant content is wrapped in
+# {% generation %} so TRL's `assistant_only_loss=True` can mask everything else.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # Embedding rows of the released checkpoints (vocab_size in their configs) and head tying.
 CHECKPOINT_ROWS = {"Qwen2.5-VL-3B": (151936, True), "Qwen2.5-VL-7B": (152064, False)}
 
@@ -70,8 +94,6 @@ def qwen2_5_vl_tokenizer(save_to: str | Path | None = None):
         raise ValueError(f"{ranks_file()}: {backend.get_vocab_size()} BPE ranks, expected {N_BPE}")
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t in SPECIAL_TOKENS])
-    from rl.models import CHAT_TEMPLATE
-
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, bos_token=None, errors="replace", clean_up_tokenization_spaces=False,
