@@ -95,6 +95,8 @@ def build_tiny_qwen2_5_vl(
     image_size: int = 112,
     rope_theta: float = 10000.0,
     spatial_merge_size: int = 2,
+    mrope_section: list | None = None,
+    rope_factor: float | None = None,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
@@ -121,8 +123,13 @@ def build_tiny_qwen2_5_vl(
     if head_dim % 8:
         raise ValueError(f"hidden_size/num_heads = {head_dim} must be a multiple of 8 (mrope)")
     # mrope splits head_dim/2 rotary frequencies over (time, height, width).
-    t = head_dim // 8
-    mrope_section = [t, (head_dim // 2 - t) // 2, head_dim // 2 - t - (head_dim // 2 - t) // 2]
+    if mrope_section is None:
+        t = head_dim // 8
+        mrope_section = [t, (head_dim // 2 - t) // 2, head_dim // 2 - t - (head_dim // 2 - t) // 2]
+    elif len(mrope_section) != 3 or sum(mrope_section) != head_dim // 2:
+        raise ValueError(f"mrope_section {mrope_section}: three counts of rotary frequencies "
+                         f"(time, height, width) summing to head_dim/2 = {head_dim // 2}")
+    mrope_section = [int(n) for n in mrope_section]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -134,7 +141,9 @@ def build_tiny_qwen2_5_vl(
             num_key_value_heads=num_heads,
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta),
-                             "mrope_section": mrope_section},
+                             "mrope_section": mrope_section} if rope_factor is None else
+            {"rope_type": "linear", "factor": float(rope_factor),
+             "rope_theta": float(rope_theta), "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],

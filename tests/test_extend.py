@@ -57,7 +57,7 @@ def test_decoding_keeps_spatial_tokens(tiny_model_dirs, tmp_path):
     assert len(tok("<grid_3_4><grid_3_4>", add_special_tokens=False)["input_ids"]) == 2
 
 
-@pytest.mark.parametrize("init", ["mean", "sincos", "text"])
+@pytest.mark.parametrize("init", ["mean", "sincos", "fourier", "text"])
 @pytest.mark.parametrize("kind", ["tied", "untied"])
 def test_init_methods(init, kind, tiny_model_dirs):
     model, proc = load(tiny_model_dirs[kind])
@@ -76,12 +76,33 @@ def test_init_methods(init, kind, tiny_model_dirs):
             # Distinct grid tokens start distinct.
             g = rows[: V.grid_size**2]
             assert torch.unique(g, dim=0).shape[0] > 0.9 * g.shape[0]
-    if init == "sincos":
+    if init in ("sincos", "fourier"):
         def d(a, b):
             return (emb[ids[a]] - emb[ids[b]]).norm().item()
         # A grid token starts nearer its neighbour than a far cell: the point of the code.
         assert d("<grid_10_10>", "<grid_11_10>") < d("<grid_10_10>", "<grid_30_2>")
         assert d("<grid_10_10>", "<grid_10_11>") < d("<grid_10_10>", "<grid_2_30>")
+
+
+def test_fourier_code_has_no_ghost_cells():
+    from tokens.extend import fourier_code, sincos_code
+
+    # Two objects at (0.2, 0.3) and (0.7, 0.8); a hidden state halfway between their codes.
+    # Under the additive sin-cos code the "ghost" cells (0.2, 0.8) and (0.7, 0.3) score as high
+    # as the two real ones (its dot product is k(dx) + k(dy)); under the 2D Fourier code they
+    # score near 0, the real ones near the top.
+    xs, ys = [0.2, 0.7, 0.2, 0.7], [0.3, 0.8, 0.8, 0.3]
+    for coder, ghost_high in ((sincos_code, True), (fourier_code, False)):
+        c = coder(xs, ys, 128, 32)
+        h = c[0] + c[1]
+        scores = (c @ h) / (c[0] @ c[0])
+        assert scores[0] > 0.85 and scores[1] > 0.85
+        assert (scores[2:] > 0.8).all() if ghost_high else (scores[2:].abs() < 0.2).all()
+    # Fixed by its seed; neighbours closer than far cells.
+    a = fourier_code([0.5], [0.5], 64, 32)
+    assert torch.equal(a, fourier_code([0.5], [0.5], 64, 32))
+    near, far = fourier_code([0.5 + 1 / 32], [0.5], 64, 32), fourier_code([0.1], [0.9], 64, 32)
+    assert (a @ near.T).item() > 2 * abs((a @ far.T).item())
 
 
 def test_spare_rows_are_initialized_and_never_shrunk(tiny_model_dirs):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -35,3 +36,23 @@ def test_tokenizer_has_qwen_specials_and_marks_assistant_spans():
                                   return_assistant_tokens_mask=True)
     marked = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
     assert tok.decode(marked) == "here<|im_end|>"
+
+
+def test_mrope_section_is_a_tiny_option(tmp_path):
+    from rl.models import build_tiny_qwen2_5_vl
+
+    path = build_tiny_qwen2_5_vl(tmp_path / "m", rope_theta=3.0, mrope_section=[2, 7, 7])
+    cfg = AutoModelForImageTextToText.from_pretrained(path).config.text_config
+    assert cfg.rope_parameters["mrope_section"] == [2, 7, 7]
+    assert cfg.rope_parameters["rope_theta"] == 3.0
+    # Linear rotary scaling divides every frequency by the factor: with a base below 1 the
+    # time section (listed first) gets the lowest frequencies, width the highest.
+    path = build_tiny_qwen2_5_vl(tmp_path / "lin", rope_theta=0.0074, rope_factor=50.0,
+                                 mrope_section=[8, 4, 4])
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    rope = model.config.text_config.rope_parameters
+    assert rope["rope_type"] == "linear" and rope["factor"] == 50.0
+    inv = model.model.language_model.rotary_emb.inv_freq
+    assert inv[0] == pytest.approx(0.02, rel=1e-3) and inv[-1] == pytest.approx(1.99, rel=1e-2)
+    with pytest.raises(ValueError, match="summing to head_dim/2 = 16"):
+        build_tiny_qwen2_5_vl(tmp_path / "bad", mrope_section=[4, 4, 4])

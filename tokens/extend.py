@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokens.vocab import SpatialVocab
 
-INIT_METHODS = ("mean", "sincos", "text")
+INIT_METHODS = ("mean", "sincos", "fourier", "text")
 
 
 class VocabMismatchError(RuntimeError):
@@ -73,6 +73,32 @@ def sincos_code(x, y, dim: int, grid_size: int):
     return code
 
 
+def fourier_code(x, y, dim: int, grid_size: int, seed: int = 0):
+    """A 2D random Fourier code of normalized positions, shape (N, dim): dim/2 plane waves
+    cos(w.p), sin(w.p) with directions uniform on the circle and wavelengths log-uniform
+    from twice the image to two cells (fixed by `seed`).
+
+    Unlike `sincos_code`, whose x and y halves add (the dot product of two codes is
+    k(dx) + k(dy)), the dot product here is a function of the 2D displacement alone, peaked at
+    0: a hidden state halfway between two cells' codes scores those two cells highest, not the
+    "ghost" cells that take x from one and y from the other.
+    """
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
+    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
+    n = dim // 2
+    code = torch.zeros(x.shape[0], dim, dtype=torch.float64)
+    if n == 0:
+        return code
+    g = torch.Generator().manual_seed(seed)
+    radius = math.pi * max(grid_size, 2) ** torch.rand(n, generator=g, dtype=torch.float64)
+    angle = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+    phase = x * (radius * torch.cos(angle)) + y * (radius * torch.sin(angle))
+    code[:, : 2 * n] = torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+    return code
+
+
 def _text_for_token(vocab: SpatialVocab, token: str) -> str:
     cell = vocab.parse_grid_token(token)
     if cell is not None:
@@ -93,7 +119,7 @@ def _new_rows(weight, base_rows: int, tokens: list[str], vocab: SpatialVocab, in
     rows = mean.expand(len(tokens), -1).clone()
     if init == "mean":
         pass
-    elif init == "sincos":
+    elif init in ("sincos", "fourier"):
         # Scale the code so its per-entry RMS matches the spread of the trained rows.
         scale = base.std().item()
         scale = scale if scale > 0 else 1.0
@@ -111,7 +137,8 @@ def _new_rows(weight, base_rows: int, tokens: list[str], vocab: SpatialVocab, in
                 sign = -1.0
             else:
                 continue
-            code = sincos_code([x], [y], base.shape[1], vocab.grid_size)[0]
+            coder = sincos_code if init == "sincos" else fourier_code
+            code = coder([x], [y], base.shape[1], vocab.grid_size)[0]
             rows[n] += sign * scale * math.sqrt(2.0) * code
     elif init == "text":
         for n, tok in enumerate(tokens):
