@@ -56,3 +56,19 @@ def test_mrope_section_is_a_tiny_option(tmp_path):
     assert inv[0] == pytest.approx(0.02, rel=1e-3) and inv[-1] == pytest.approx(1.99, rel=1e-2)
     with pytest.raises(ValueError, match="summing to head_dim/2 = 16"):
         build_tiny_qwen2_5_vl(tmp_path / "bad", mrope_section=[4, 4, 4])
+
+
+def test_default_recipe_lets_attention_tell_image_columns_apart(tmp_path):
+    # The language model learns where an image token sits only through multimodal RoPE, which
+    # gives columns the last (lowest) rotary frequencies. Base 20 turned them by <= 0.46 rad
+    # across the 4x4 image and the model answered stock boxes; the default must turn every
+    # column frequency by at least 1.5 rad across the image (README, "What was tried").
+    from rl.config import load_config
+    from rl.models import build_tiny_qwen2_5_vl
+
+    tiny = load_config("configs/default.yaml").model.tiny
+    model = AutoModelForImageTextToText.from_pretrained(build_tiny_qwen2_5_vl(tmp_path, **tiny))
+    inv = model.model.language_model.rotary_emb.inv_freq
+    width = model.config.text_config.rope_parameters["mrope_section"][2]
+    side = tiny["image_size"] // (14 * tiny.get("spatial_merge_size", 2))
+    assert inv[-width:].min().item() * (side - 1) >= 1.5
