@@ -121,6 +121,9 @@ class SFTStageConfig:
     # steps on those dialogues mixed one to one with stage-1 samples (0: no second pass).
     policy_refinement_steps: int = 0
     policy_refinement_records: int = 2000
+    # The second pass's peak learning rate (null: `learning_rate`); it follows the cold start's
+    # schedule type over its own steps.
+    policy_refinement_learning_rate: float | None = None
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

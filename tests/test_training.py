@@ -26,7 +26,7 @@ def tiny_overrides(out: Path) -> dict:
                  "kinds": {"attribute": 1.0, "replace": True}, "distractors": "any",
                  "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
         "sft": {"max_steps": 150, "refinement_share": 1.0, "policy_refinement_steps": 10,
-                "policy_refinement_records": 16},
+                "policy_refinement_records": 16, "policy_refinement_learning_rate": 2e-4},
         "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3,
                         "logging_steps": 1},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3,
@@ -66,6 +66,16 @@ def run(tmp_path_factory):
     finally:
         rl.grpo.build_reward_funcs = original
     return out, metrics, seen
+
+
+def test_second_pass_runs_at_its_own_learning_rate(run):
+    out, _, _ = run
+    hist = json.loads((out / "sft" / "stage.json").read_text())["log_history"]
+    rates = {e["step"]: e["learning_rate"] for e in hist if "learning_rate" in e}
+    first = [r for s, r in rates.items() if s <= 150]
+    second = [r for s, r in rates.items() if s > 150]
+    assert max(first) == pytest.approx(1e-3, rel=0.05) and second
+    assert max(second) == pytest.approx(2e-4, rel=0.05)
 
 
 def test_every_stage_moves_the_weights(run):
