@@ -52,6 +52,15 @@ def add_spatial_tokens(tokenizer, vocab: SpatialVocab) -> list[int]:
     return [id_map[t] for t in wanted]
 
 
+def _code_frame(x, y, dim: int):
+    """Positions as (N, 1) float64 columns and a zero (N, dim) code to fill."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
+    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
+    return x, y, torch.zeros(x.shape[0], dim, dtype=torch.float64)
+
+
 def sincos_code(x, y, dim: int, grid_size: int):
     """A 2D sin-cos code of normalized positions, shape (N, dim); half the dims encode x, half y.
 
@@ -60,10 +69,8 @@ def sincos_code(x, y, dim: int, grid_size: int):
     """
     import torch
 
-    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
-    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
+    x, y, code = _code_frame(x, y, dim)
     n_freq = dim // 4
-    code = torch.zeros(x.shape[0], dim, dtype=torch.float64)
     if n_freq == 0:
         return code
     ratio = max(grid_size, 2) ** (1.0 / max(n_freq - 1, 1))
@@ -85,10 +92,8 @@ def fourier_code(x, y, dim: int, grid_size: int, seed: int = 0):
     """
     import torch
 
-    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
-    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
+    x, y, code = _code_frame(x, y, dim)
     n = dim // 2
-    code = torch.zeros(x.shape[0], dim, dtype=torch.float64)
     if n == 0:
         return code
     g = torch.Generator().manual_seed(seed)
