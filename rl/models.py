@@ -105,7 +105,11 @@ def build_tiny_qwen2_5_vl(
     (image_size / (14 * spatial_merge_size))² visual tokens (16 at 112 px with the usual 2×2
     merge, 64 with `spatial_merge_size=1`). `rope_theta`: the language model's rotary base;
     multimodal RoPE gives image rows and columns its lowest frequencies, which at 10,000 and a
-    head size of 32 barely turn over a 4×4 image (see configs/default.yaml).
+    head size of 32 barely turn over a 4×4 image (see configs/default.yaml). `mrope_section`:
+    how many of the head_dim/2 frequencies (highest first) go to time, height and width
+    (default: an eighth of head_dim to time, the rest split); `rope_factor`: linear rotary
+    scaling, every frequency divided by it (with a base below 1 the frequencies rise, so time
+    gets the lowest).
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
     import torch

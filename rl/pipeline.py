@@ -525,8 +525,9 @@ class Pipeline:
             f"proposals on {len(rows)} training scenes ({skipped or 'none left out'}) and "
             f"{len(stage1)} stage-1 samples, {sft.policy_refinement_steps} steps")
         stage = dataclasses.replace(sft, max_steps=sft.policy_refinement_steps,
-                                    learning_rate=(sft.policy_refinement_learning_rate
-                                                   or sft.learning_rate),
+                                    learning_rate=(sft.learning_rate
+                                                   if sft.policy_refinement_learning_rate is None
+                                                   else sft.policy_refinement_learning_rate),
                                     warmup_steps=0, collate_cache=min(sft.collate_cache,
                                                                       len(mix)))
         if self.curves is not None:
