@@ -124,6 +124,8 @@ class SFTStageConfig:
     # The second pass's peak learning rate (null: `learning_rate`); it follows the cold start's
     # schedule type over its own steps.
     policy_refinement_learning_rate: float | None = None
+    # The vision tower takes no gradient in the cold start (its weights stay as loaded).
+    freeze_vision: bool = False
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

@@ -4,6 +4,7 @@ adapter, save model + processor + vocabulary, log history, how the trainer ran).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from rl.context import RunContext
@@ -50,6 +51,29 @@ def score_labelled_positions_only(enabled: bool = True) -> None:
 
     compact_on_cpu.getok_cpu_compact = choose
     trl_utils._use_triton = compact_on_cpu
+
+
+@contextmanager
+def vision_frozen(model, enabled: bool = True):
+    """Within the block the model's vision tower (`model.model.visual` or `model.visual`) takes
+    no gradient; afterwards every parameter's `requires_grad` is as it was, so a later stage
+    trained on the same model object trains the tower again."""
+    if not enabled:
+        yield
+        return
+    tower = getattr(getattr(model, "model", None), "visual", None) or getattr(model, "visual",
+                                                                              None)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__}: no vision tower (model.model.visual or "
+                         f"model.visual) to freeze")
+    before = [(q, q.requires_grad) for q in tower.parameters()]
+    for q, _ in before:
+        q.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q, flag in before:
+            q.requires_grad_(flag)
 
 
 def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:

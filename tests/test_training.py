@@ -273,3 +273,22 @@ def test_fused_head_scores_labelled_positions_only_with_the_same_loss(tiny_model
     assert compact_grads.keys() == full_grads.keys() and len(full_grads) > 10
     for name, g in full_grads.items():
         torch.testing.assert_close(compact_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vision_frozen_freezes_the_tower_and_restores_it(tiny_model_dirs):
+    from transformers import AutoModelForImageTextToText
+
+    from rl.training import vision_frozen
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["tied"])
+    tower = list(model.model.visual.parameters())
+    rest = [q for n, q in model.named_parameters() if ".visual." not in f".{n}"]
+    with vision_frozen(model):
+        assert not any(q.requires_grad for q in tower)
+        assert all(q.requires_grad for q in rest)
+    assert all(q.requires_grad for q in tower)
+    with vision_frozen(model, enabled=False):
+        assert all(q.requires_grad for q in tower)
+    with pytest.raises(ValueError, match="no vision tower"):
+        with vision_frozen(torch.nn.Linear(2, 2)):
+            pass
