@@ -116,9 +116,6 @@ def build_tiny_qwen2_5_vl(
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
     )
 
     out_dir = Path(out_dir)
@@ -171,17 +168,23 @@ def build_tiny_qwen2_5_vl(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    return _save_with_processor(model, tokenizer, image_size, spatial_merge_size, out_dir)
+
+
+def _save_with_processor(model, tokenizer, image_size: int, merge_size: int,
+                         out_dir: str | Path) -> Path:
+    """Save `model` with a Qwen2.5-VL processor whose pixel budget is exactly `image_size`²
+    (so every image gives the same visual tokens) and the package's chat template."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
     pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels,
-                                            merge_size=spatial_merge_size)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels,
-                                            merge_size=spatial_merge_size)
     processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
+        image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels,
+                                              merge_size=merge_size),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels,
+                                              merge_size=merge_size),
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -218,9 +221,6 @@ def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
     )
 
     from rl.qwen_vocab import qwen2_5_vl_tokenizer
@@ -254,16 +254,7 @@ def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers:
         tie_word_embeddings=w["tie_word_embeddings"], dtype=dtype)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, dtype))
-    pixels = image_size * image_size
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
-        video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels),
-        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return _save_with_processor(model, tokenizer, image_size, v["spatial_merge_size"], out_dir)
 
 
 def load_model(path: str | Path, model_cfg=None):
