@@ -97,6 +97,7 @@ def build_tiny_qwen2_5_vl(
     spatial_merge_size: int = 2,
     mrope_section: list | None = None,
     rope_factor: float | None = None,
+    rope_frequencies: list | None = None,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
@@ -109,7 +110,8 @@ def build_tiny_qwen2_5_vl(
     how many of the head_dim/2 frequencies (highest first) go to time, height and width
     (default: an eighth of head_dim to time, the rest split); `rope_factor`: linear rotary
     scaling, every frequency divided by it (with a base below 1 the frequencies rise, so time
-    gets the lowest).
+    gets the lowest); `rope_frequencies`: every one of the head_dim/2 rates (rad per position)
+    given outright, in mrope order (overrides `rope_theta` and `rope_factor`).
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
     import torch
@@ -131,6 +133,11 @@ def build_tiny_qwen2_5_vl(
         raise ValueError(f"mrope_section {mrope_section}: three counts of rotary frequencies "
                          f"(time, height, width) summing to head_dim/2 = {head_dim // 2}")
     mrope_section = [int(n) for n in mrope_section]
+    rope = {"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope_section}
+    if rope_factor is not None:
+        rope.update(rope_type="linear", factor=float(rope_factor))
+    if rope_frequencies is not None:
+        rope = _explicit_rope(rope_frequencies, mrope_section, max_positions=4096)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -141,10 +148,7 @@ def build_tiny_qwen2_5_vl(
             num_attention_heads=num_heads,
             num_key_value_heads=num_heads,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta),
-                             "mrope_section": mrope_section} if rope_factor is None else
-            {"rope_type": "linear", "factor": float(rope_factor),
-             "rope_theta": float(rope_theta), "mrope_section": mrope_section},
+            rope_parameters=rope,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -169,6 +173,24 @@ def build_tiny_qwen2_5_vl(
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     return _save_with_processor(model, tokenizer, image_size, spatial_merge_size, out_dir)
+
+
+def _explicit_rope(frequencies: list, mrope_section: list, max_positions: int) -> dict:
+    """Rotary parameters giving each of the head_dim/2 frequency pairs its own rate (rad per
+    position), in mrope order (time pairs first, then height, then width).
+
+    Written as transformers' `longrope` type with base 1, so each inverse frequency is
+    1 / factor and the per-pair factors survive save and load: with one geometric ladder the
+    time, height and width sections cannot hold both near-zero rates (attention by content at
+    any distance) and fast ones (image columns told apart)."""
+    freqs = [float(f) for f in frequencies]
+    if len(freqs) != sum(mrope_section) or min(freqs) <= 0:
+        raise ValueError(f"rope_frequencies: {len(freqs)} values, expected {sum(mrope_section)} "
+                         f"positive rates (head_dim/2, in mrope order {mrope_section})")
+    factors = [1.0 / f for f in freqs]
+    return {"rope_type": "longrope", "rope_theta": 1.0, "factor": 1.0, "attention_factor": 1.0,
+            "short_factor": factors, "long_factor": factors,
+            "original_max_position_embeddings": max_positions, "mrope_section": mrope_section}
 
 
 def _save_with_processor(model, tokenizer, image_size: int, merge_size: int,

@@ -58,6 +58,24 @@ def test_mrope_section_is_a_tiny_option(tmp_path):
         build_tiny_qwen2_5_vl(tmp_path / "bad", mrope_section=[4, 4, 4])
 
 
+def test_rope_frequencies_give_each_pair_its_own_rate_and_survive_reload(tmp_path):
+    from rl.models import build_tiny_qwen2_5_vl
+
+    # Near-still pairs for time (attention by content at any distance), fast ones for height
+    # and width: no single geometric ladder holds both.
+    rates = [1e-3, 2e-3, 4e-3, 8e-3] + [1.0 - 0.02 * k for k in range(12)]
+    path = build_tiny_qwen2_5_vl(tmp_path / "f", rope_frequencies=rates)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    rotary = model.model.language_model.rotary_emb
+    assert rotary.attention_scaling == 1.0
+    assert rotary.inv_freq.tolist() == pytest.approx(rates, rel=1e-5)
+    assert model.config.text_config.rope_parameters["mrope_section"] == [4, 6, 6]
+    with pytest.raises(ValueError, match="16 positive rates"):
+        build_tiny_qwen2_5_vl(tmp_path / "bad", rope_frequencies=rates[:-1])
+    with pytest.raises(ValueError, match="16 positive rates"):
+        build_tiny_qwen2_5_vl(tmp_path / "bad", rope_frequencies=[0.0] + rates[1:])
+
+
 def test_default_recipe_lets_attention_tell_image_columns_apart(tmp_path):
     # The language model learns where an image token sits only through multimodal RoPE, which
     # gives columns the last (lowest) rotary frequencies. Base 20 turned them by <= 0.46 rad
