@@ -222,6 +222,12 @@ QWEN2_5_VL_WIDTHS = {
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
                num_hidden_layers=28, vision_out_hidden_size=3584),
+    # Not a checkpoint: 3B's vocabulary rows, tying, head size (128) and grouped-query ratio
+    # (8 query heads per key/value head) at width 1024, so the paper path's smoke run fits a CI
+    # machine (rl/bench/paper_widths.py; the 3B run peaks at 17 GB). The vision tower stays real.
+    "3b-narrow": dict(hidden_size=1024, intermediate_size=2048, num_attention_heads=8,
+                      num_key_value_heads=1, vocab_size=151936, tie_word_embeddings=True,
+                      num_hidden_layers=36, vision_out_hidden_size=1024),
 }
 # The vision tower is the same in both: 32 blocks of width 1280, 16 heads, 14-px patches merged
 # 2x2, window attention with full attention every eighth block.

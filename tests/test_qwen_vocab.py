@@ -149,3 +149,19 @@ def test_a_model_at_the_3b_widths_with_the_real_tokenizer(tmp_path):
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
     assert "<|vision_start|><|image_pad|><|vision_end|>hi" in processor.apply_chat_template(
         msgs, tokenize=False)
+
+
+def test_the_narrow_ci_size_keeps_3b_rows_tying_and_head_layout():
+    # "3b-narrow" (the CI smoke run's model) changes only the width: the vocabulary rows beyond
+    # the tokenizer, the tied head, the head size and the query heads per key/value head are
+    # 3B's, so the paths they steer (extend onto spare rows, LoRA targets, merge) are the same.
+    from rl.models import QWEN2_5_VL_WIDTHS
+
+    real, narrow = QWEN2_5_VL_WIDTHS["3b"], QWEN2_5_VL_WIDTHS["3b-narrow"]
+    for key in ("vocab_size", "tie_word_embeddings"):
+        assert narrow[key] == real[key]
+    assert (narrow["hidden_size"] // narrow["num_attention_heads"]
+            == real["hidden_size"] // real["num_attention_heads"] == 128)
+    assert (narrow["num_attention_heads"] // narrow["num_key_value_heads"]
+            == real["num_attention_heads"] // real["num_key_value_heads"])
+    assert narrow["vision_out_hidden_size"] == narrow["hidden_size"]
