@@ -58,14 +58,18 @@ class DataConfig:
     # Objects per training scene when they differ from the held-out ones (null: `objects`);
     # e.g. [1, 4]: lone shapes teach localization while scenes of 2-4 teach reading.
     train_objects: list | None = None
-    # Objects per scene in the cold start's curriculum (sft.curriculum_steps).
+    # Objects per scene in the cold start's curriculum (sft.curriculum_steps), and its
+    # expression kinds and distractors (null: `kinds`, `distractors`).
     curriculum_objects: list = field(default_factory=lambda: [1, 1])
+    curriculum_kinds: dict | None = None
+    curriculum_distractors: str | None = None
     kinds: dict = field(default_factory=lambda: {"attribute": 0.4, "relation": 0.15,
                                                  "superlative": 0.15, "multi": 0.15,
                                                  "none": 0.15})
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
     # "share": every distractor shares the named object's colour or shape (reading needed);
-    # "any": shapes drawn at random (rl.data.referring.synthetic_records).
+    # "colour": one shape in distinct colours; "any": shapes drawn at random
+    # (rl.data.referring.synthetic_records).
     distractors: str = "any"
     # The image after the question in the user turn: with causal attention the image tokens
     # can then depend on the question.
@@ -115,6 +119,9 @@ class SFTStageConfig:
     # `data.curriculum_objects` objects (each sample once), then on the training scenes, read in
     # a fixed random order (0: no curriculum, the trainer's own shuffling).
     curriculum_steps: int = 0
+    # Distinct curriculum scenes, read in passes of fresh random order (null: one per sample,
+    # each seen once). Fewer scenes build faster (each costs a mask-to-token conversion).
+    curriculum_scenes: int | None = None
     # A second cold-start pass on refinement dialogues built from the model's own proposals
     # (rl.data.policy_refinement): after `max_steps`, the model proposes on
     # `policy_refinement_records` training scenes and trains `policy_refinement_steps` more
@@ -126,6 +133,8 @@ class SFTStageConfig:
     policy_refinement_learning_rate: float | None = None
     # The vision tower takes no gradient in the cold start (its weights stay as loaded).
     freeze_vision: bool = False
+    # The vision tower's learning rate as a multiple of the stage's (1: as every other weight).
+    vision_lr_scale: float = 1.0
     lora: dict | None = None
     extra_args: dict = field(default_factory=dict)
 

@@ -130,7 +130,12 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
     (`render_conversations`)."""
     from trl import SFTConfig, SFTTrainer
 
-    from rl.training import common_args, lora_config, score_labelled_positions_only
+    from rl.training import (
+        common_args,
+        lora_config,
+        optimizer_with_vision_scale,
+        score_labelled_positions_only,
+    )
 
     score_labelled_positions_only(ctx.score_labelled_only)
     train_dataset = render_conversations(train_dataset, ctx.processor)
@@ -144,9 +149,16 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
                      lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
                      dataloader_num_workers=0, **stage.extra_args)
     peft_config = lora_config(stage.lora, train_new_rows=True) if stage.lora else None
+    optimizer = None
+    if stage.vision_lr_scale != 1.0:
+        if stage.lora:
+            raise ValueError("sft.vision_lr_scale with sft.lora: the LoRA weights do not exist "
+                             "yet when the optimizer's groups are made; use one of them")
+        optimizer = optimizer_with_vision_scale(model, args, stage.vision_lr_scale)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset,
                          processing_class=ctx.processor, peft_config=peft_config,
-                         callbacks=list(ctx.callbacks) or None)
+                         callbacks=list(ctx.callbacks) or None,
+                         optimizer_cls_and_kwargs=optimizer)
     if stage.collate_cache:
         tok = getattr(ctx.processor, "tokenizer", ctx.processor)
         trainer.data_collator = PerSampleCollator(trainer.data_collator, tok.pad_token_id,

@@ -61,11 +61,7 @@ def vision_frozen(model, enabled: bool = True):
     if not enabled:
         yield
         return
-    tower = getattr(getattr(model, "model", None), "visual", None) or getattr(model, "visual",
-                                                                              None)
-    if tower is None:
-        raise ValueError(f"{type(model).__name__}: no vision tower (model.model.visual or "
-                         f"model.visual) to freeze")
+    tower = vision_tower(model)
     before = [(q, q.requires_grad) for q in tower.parameters()]
     for q, _ in before:
         q.requires_grad_(False)
@@ -74,6 +70,38 @@ def vision_frozen(model, enabled: bool = True):
     finally:
         for q, flag in before:
             q.requires_grad_(flag)
+
+
+def vision_tower(model):
+    """The model's vision tower (`model.model.visual` or `model.visual`)."""
+    tower = getattr(getattr(model, "model", None), "visual", None) or getattr(model, "visual",
+                                                                              None)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__}: no vision tower (model.model.visual or "
+                         f"model.visual)")
+    return tower
+
+
+def optimizer_with_vision_scale(model, args, scale: float):
+    """`(optimizer class, kwargs)` for a trainer's `optimizer_cls_and_kwargs`: the optimizer
+    `args` asks for, with the vision tower's parameters at `scale` times the learning rate
+    (the scheduler multiplies each group's own rate, so the schedule shape is shared).
+    Weight decay as the trainer would apply it: not on biases and norms."""
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    tower = {id(q) for q in vision_tower(model).parameters()}
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = {}
+    for name, q in model.named_parameters():
+        if not q.requires_grad:
+            continue
+        key = (id(q) in tower, name in decay)
+        groups.setdefault(key, []).append(q)
+    params = [{"params": qs, "lr": args.learning_rate * (scale if in_tower else 1.0),
+               "weight_decay": args.weight_decay if decayed else 0.0}
+              for (in_tower, decayed), qs in sorted(groups.items())]
+    return cls, {**kwargs, "params": params}
 
 
 def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:

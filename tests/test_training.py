@@ -292,3 +292,26 @@ def test_vision_frozen_freezes_the_tower_and_restores_it(tiny_model_dirs):
     with pytest.raises(ValueError, match="no vision tower"):
         with vision_frozen(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_vision_lr_scale_gives_the_tower_its_own_rate(tiny_model_dirs, tmp_path):
+    from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments
+
+    from rl.training import optimizer_with_vision_scale
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["tied"])
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
+                             report_to=[])
+    trainer = Trainer(model=model, args=args,
+                      optimizer_cls_and_kwargs=optimizer_with_vision_scale(model, args, 0.1))
+    groups = trainer.create_optimizer().param_groups
+    tower = {id(q) for q in model.model.visual.parameters()}
+    rate = {id(q): g["lr"] for g in groups for q in g["params"]}
+    decay = {id(q): g["weight_decay"] for g in groups for q in g["params"]}
+    names = dict(model.named_parameters())
+    decayed = set(trainer.get_decay_parameter_names(model))  # as the trainer's own groups
+    assert 0 < len(decayed) < len(names)
+    assert len(rate) == sum(len(g["params"]) for g in groups) == len(names)  # each once
+    for name, q in names.items():
+        assert rate[id(q)] == pytest.approx(1e-4 if id(q) in tower else 1e-3), name
+        assert decay[id(q)] == (0.1 if name in decayed else 0.0), name
