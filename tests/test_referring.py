@@ -176,6 +176,22 @@ def test_the_distractor_rule_holds_on_every_row():
         list(synthetic_records(1, distractors="some"))
 
 
+def test_colour_distractors_leave_only_the_colour_to_read():
+    """distractors="colour" (the binding-first curriculum): one shape in distinct colours, and
+    an attribute row names the anchor by its colour."""
+    recs = list(synthetic_records(100, seed=4, objects=(2, 4), kinds={"attribute": 1.0},
+                                  distractors="colour"))
+    for r in recs:
+        scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
+        assert len({v.shape for v in scene}) == 1
+        assert len({v.colour for v in scene}) == len(scene)
+        (t,) = r.extra["targets"]
+        assert resolve(r.expression, scene) == [t]
+        assert scene[t].colour in r.expression.split()
+    with pytest.raises(ValueError, match="need 9 colours"):
+        list(synthetic_records(1, objects=(9, 9), distractors="colour"))
+
+
 def test_random_scenes_are_unchanged_by_the_distractor_option():
     a = list(synthetic_records(10, seed=5))
     b = list(synthetic_records(10, seed=5, distractors="any"))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rl.data.referring import DISTRACTORS
+
 SOURCES = ("synthetic", "refcoco", "grefcoco", "reasonseg", "segzero")
 
 
@@ -53,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", default="1,3", help="synthetic: min,max objects per scene")
     p.add_argument("--kinds", default=None,
                    help='synthetic: JSON weights of expression kinds, e.g. {"attribute": 1}')
-    p.add_argument("--distractors", default="any", choices=("any", "share"),
-                   help="synthetic: shapes drawn at random (default), or every distractor "
-                        "sharing the named object's colour or shape (reading needed)")
+    p.add_argument("--distractors", default="any", choices=DISTRACTORS,
+                   help="synthetic: shapes drawn at random (default), every distractor "
+                        "sharing the named object's colour or shape (share: reading needed), "
+                        "or one shape in distinct colours (colour)")
     p.add_argument("--grid-size", type=int, default=32)
     p.add_argument("--decoder", default="region",
                    help='mask decoder: "region", or JSON like {"name": "sam", "variant": "vit_h", '

@@ -117,6 +117,16 @@ def confusable_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def same_shape_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """`n` (shape, colour) pairs of one shape in distinct colours, the anchor first: only the
+    colour tells the objects apart (a binding-first curriculum's scenes)."""
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    if n > len(COLOURS):
+        raise ValueError(f"{n} objects of one shape need {n} colours; there are {len(COLOURS)}")
+    names = list(COLOURS)
+    return [(shape, names[int(k)]) for k in rng.permutation(len(names))[:n]]
+
+
 def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
                n_objects: int = 3, min_radius: float = 0.08, max_radius: float = 0.22,
                min_visible: float = 0.5, textures: tuple[str, ...] = ("flat",),
