@@ -106,15 +106,17 @@ def records(cfg: RunConfig, split: str):
     if d.source == "synthetic":
         seed = d.seed + SPLIT_SEEDS[split]
         objects = d.train_objects if split == "train" and d.train_objects else d.objects
-        kinds = d.kinds
+        kinds, distractors = d.kinds, d.distractors
         if split == "curriculum":
             objects = d.curriculum_objects
+            kinds = d.curriculum_kinds or kinds
+            distractors = d.curriculum_distractors or distractors
             if max(objects) < 2:  # a lone shape admits no relation and no multi-target
                 kinds = {k: w for k, w in kinds.items() if k not in ("relation", "multi")}
         n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples,
-             "curriculum": curriculum_samples(cfg.sft)}[split]
+             "curriculum": curriculum_scenes(cfg.sft)}[split]
         return list(synthetic_records(n, seed, d.image_size, tuple(objects), kinds,
-                                      tuple(d.textures), distractors=d.distractors))
+                                      tuple(d.textures), distractors=distractors))
     from datasets import load_from_disk
 
     if split in ("validation", "curriculum"):
@@ -165,29 +167,43 @@ def picture_caption(row: dict, pred) -> str:
 
 
 def curriculum_samples(sft) -> int:
-    """Samples the curriculum's first `sft.curriculum_steps` steps take, each seen once."""
+    """Samples the curriculum's first `sft.curriculum_steps` steps take."""
     return sft.curriculum_steps * sft.batch_size * sft.gradient_accumulation_steps
+
+
+def curriculum_scenes(sft) -> int:
+    """Distinct scenes the curriculum is built from: `sft.curriculum_scenes`, or one per
+    sample."""
+    return sft.curriculum_scenes or curriculum_samples(sft)
+
+
+def _passes(n_items: int, n_out: int, rng, start: int = 0) -> list[int]:
+    """`n_out` indices start..start+n_items-1, in passes of fresh random order."""
+    order: list[int] = []
+    while len(order) < n_out:
+        order += [start + int(i) for i in rng.permutation(n_items)]
+    return order[:n_out]
 
 
 def curriculum_dataset(first: list[dict], rows: list[dict], sft, seed: int):
     """The cold start's samples in the order they are trained on: the curriculum's `first`
-    rows (its first `curriculum_samples` of them), then `rows` in passes of fresh random order
+    rows (each once, in order; or with `sft.curriculum_scenes`, that many of them in passes of
+    fresh random order) for `sft.curriculum_steps`, then `rows` in passes of fresh random order
     until `sft.max_steps` are filled. Returns (dataset, extra trainer arguments): the trainer
     must read it in order (`train_sampling_strategy="sequential"`)."""
     from datasets import Dataset
 
-    n_first = curriculum_samples(sft)
-    if len(first) < n_first:
-        raise ValueError(f"the curriculum has {len(first)} samples for {n_first}")
+    n_first, n_scenes = curriculum_samples(sft), curriculum_scenes(sft)
+    if len(first) < n_scenes:
+        raise ValueError(f"the curriculum has {len(first)} samples for {n_scenes}")
     n_rest = max(0, sft.max_steps - sft.curriculum_steps) * (
         sft.batch_size * sft.gradient_accumulation_steps)
     rng = np.random.default_rng(seed)
-    order = []
-    while len(order) < n_rest:
-        order += [n_first + int(i) for i in rng.permutation(len(rows))]
-    ds = Dataset.from_list(first[:n_first] + rows).select_columns(["image", "prompt",
-                                                                   "completion"])
-    ds = ds.select(list(range(n_first)) + order[:n_rest])
+    head = (list(range(n_first)) if sft.curriculum_scenes is None
+            else _passes(n_scenes, n_first, rng))
+    ds = Dataset.from_list(first[:n_scenes] + rows).select_columns(["image", "prompt",
+                                                                    "completion"])
+    ds = ds.select(head + _passes(len(rows), n_rest, rng, start=n_scenes))
     return ds, {"train_sampling_strategy": "sequential"}
 
 
@@ -369,7 +385,9 @@ class Pipeline:
                     ds, extra = curriculum_dataset(first, rows, sft, cfg.seed)
                     stage = dataclasses.replace(sft, extra_args={**sft.extra_args, **extra})
                     log(f"sft: {sft.curriculum_steps} curriculum steps on "
-                        f"{cfg.data.curriculum_objects} objects, then {len(rows)} samples")
+                        f"{cfg.data.curriculum_objects} objects "
+                        f"({cfg.data.curriculum_distractors or cfg.data.distractors} "
+                        f"distractors), then {len(rows)} samples")
                 else:
                     ds = Dataset.from_list(rows).select_columns(["image", "prompt",
                                                                  "completion"])

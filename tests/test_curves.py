@@ -74,6 +74,12 @@ def test_curriculum_dataset_puts_the_lone_shapes_first_then_passes_over_the_rest
     assert ds.column_names == ["image", "prompt", "completion"]
     with pytest.raises(ValueError, match="curriculum has 3 samples for 4"):
         curriculum_dataset(first[:3], rest, sft, seed=0)
+    # With curriculum_scenes, fewer scenes fill the curriculum's steps in whole passes.
+    sft = SFTStageConfig(max_steps=5, curriculum_steps=3, batch_size=2, curriculum_scenes=2)
+    ds, _ = curriculum_dataset(first, rest, sft, seed=0)
+    tags = [r["prompt"][0]["content"] for r in ds]
+    assert [sorted(tags[k:k + 2]) for k in (0, 2, 4)] == [["c0", "c1"]] * 3
+    assert sorted(tags[6:10]) == ["r0", "r1", "r2", "r3"] and len(tags) == 6 + 2 * 2
 
 
 def test_curriculum_scenes_have_their_own_seed_and_object_count():
