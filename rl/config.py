@@ -122,6 +122,9 @@ class SFTStageConfig:
     # Distinct curriculum scenes, read in passes of fresh random order (null: one per sample,
     # each seen once). Fewer scenes build faster (each costs a mask-to-token conversion).
     curriculum_scenes: int | None = None
+    # The curriculum as a pass of its own: its own warm-up and schedule over its steps, then
+    # the training scenes with a new schedule and optimizer state (false: one schedule).
+    curriculum_restart: bool = False
     # A second cold-start pass on refinement dialogues built from the model's own proposals
     # (rl.data.policy_refinement): after `max_steps`, the model proposes on
     # `policy_refinement_records` training scenes and trains `policy_refinement_steps` more

@@ -378,8 +378,20 @@ class Pipeline:
         elif sft.enabled:
             def train_sft(model):
                 rows = list(build_sft(train, self.decoder(), self.prompts, build))
-                stage = sft
-                if sft.curriculum_steps:
+                stage, hist = sft, []
+                if sft.curriculum_steps and sft.curriculum_restart:
+                    if sft.curriculum_steps >= sft.max_steps:
+                        raise ValueError(f"sft.curriculum_steps {sft.curriculum_steps} leaves "
+                                         f"no step of sft.max_steps {sft.max_steps} for the "
+                                         f"training scenes")
+                    model, hist = self._curriculum_pass(model, build)
+                    stage = dataclasses.replace(sft, max_steps=sft.max_steps
+                                                - sft.curriculum_steps)
+                    ds = Dataset.from_list(rows).select_columns(["image", "prompt",
+                                                                 "completion"])
+                    log(f"sft: {len(ds)} samples, {stage.max_steps} steps (a new schedule "
+                        f"after the curriculum)")
+                elif sft.curriculum_steps:
                     first = list(build_sft(records(cfg, "curriculum"), self.decoder(),
                                            self.prompts, build))
                     ds, extra = curriculum_dataset(first, rows, sft, cfg.seed)
@@ -392,7 +404,9 @@ class Pipeline:
                     ds = Dataset.from_list(rows).select_columns(["image", "prompt",
                                                                  "completion"])
                     log(f"sft: {len(ds)} samples, {sft.max_steps} steps")
-                model, hist = run_sft(stage, self.stage_context("sft"), model, ds)
+                model, main = run_sft(stage, self.stage_context("sft"), model, ds)
+                hist = hist + [{**e, "step": e.get("step", 0) + sft.max_steps - stage.max_steps}
+                               for e in main]
                 if sft.policy_refinement_steps:
                     model, more = self._policy_refinement_pass(model, train, rows, build)
                     hist = hist + [{**e, "step": e.get("step", 0) + sft.max_steps}
@@ -508,6 +522,29 @@ class Pipeline:
         self.ctx.callbacks.append(callback)
         log(f"learning curves: {len(rows)} validation scenes every {e.curve_every} steps")
         return callback
+
+    def _curriculum_pass(self, model, build) -> tuple:
+        """The curriculum as a pass of its own (`sft.curriculum_restart`): its scenes for
+        `sft.curriculum_steps` steps with the stage's warm-up and schedule over those steps;
+        the training scenes then start a new schedule and a new optimizer state."""
+        from datasets import Dataset
+
+        from rl.data.samples import build_sft
+        from rl.train_sft import run_sft
+
+        sft, cfg = self.cfg.sft, self.cfg
+        first = list(build_sft(records(cfg, "curriculum"), self.decoder(), self.prompts, build))
+        ds = Dataset.from_list(first).select_columns(["image", "prompt", "completion"])
+        log(f"sft curriculum: {len(ds)} samples of {cfg.data.curriculum_objects} objects "
+            f"({cfg.data.curriculum_distractors or cfg.data.distractors} distractors), "
+            f"{sft.curriculum_steps} steps")
+        stage = dataclasses.replace(sft, max_steps=sft.curriculum_steps,
+                                    collate_cache=min(sft.collate_cache, len(ds)))
+        model, hist = run_sft(stage, self.stage_context("sft"), model, ds)
+        if self.curves is not None:
+            self.curves.offset = sft.curriculum_steps
+        model.train()
+        return model, hist
 
     def _policy_refinement_pass(self, model, train, sft_rows, build) -> tuple:
         """The cold start's second pass: refinement dialogues from the model's own greedy

@@ -1,10 +1,15 @@
 """Learning curves: points, plot, and the validation split's own seed."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from rl.config import load_config
 from rl.curves import CurveCallback, curve_point, plot_curves
 from rl.pipeline import SPLIT_SEEDS, records
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_curve_point_keeps_the_reading_figures():
@@ -89,3 +94,36 @@ def test_curriculum_scenes_have_their_own_seed_and_object_count():
     assert len(recs) == 6 and {r.extra["num_objects"] for r in recs} == {1}
     assert not {r.id for r in recs} & {r.id for r in records(cfg, "train")}
     assert {r.kind for r in recs} <= {"attribute", "superlative", "none"}
+
+
+def test_curriculum_restart_is_a_pass_of_its_own_then_a_new_schedule(tmp_path):
+    # sft.curriculum_restart: the curriculum's steps under their own schedule, then the
+    # training scenes under a new one; the cold start's history and curves count on across.
+    from rl.pipeline import Pipeline
+
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "logging_steps": 1, "progress_bars": False,
+        "report_to": [], "model": {"grid_size": 8},
+        "data": {"n_train": 8, "n_eval": 4, "curriculum_objects": [2, 2],
+                 "curriculum_kinds": {"attribute": 1.0}, "curriculum_distractors": "colour"},
+        "sft": {"max_steps": 5, "curriculum_steps": 3, "curriculum_scenes": 6,
+                "curriculum_restart": True, "batch_size": 2, "warmup_steps": 1,
+                "policy_refinement_steps": 0, "collate_cache": 0},
+        "grpo_stage1": {"enabled": False}, "grpo_stage2": {"enabled": False},
+        "eval": {"enabled": False, "curve_every": 2, "curve_samples": 2}})
+    Pipeline(cfg).run()
+    hist = json.loads((tmp_path / "sft" / "stage.json").read_text())["log_history"]
+    rates = {e["step"]: e["learning_rate"] for e in hist if "learning_rate" in e}
+    assert sorted(rates) == [1, 2, 3, 4, 5]
+    # The training scenes' steps 4, 5 repeat the schedule's start (warm-up, then the peak).
+    assert [rates[4], rates[5]] == [rates[1], rates[2]] and rates[5] > rates[3]
+    assert sum("train_runtime" in e for e in hist) == 2
+    steps = [p["step"] for p in json.loads((tmp_path / "curves.json").read_text())]
+    # Every 2 steps and at each pass's end: the curriculum's 2 and 3, the training scenes' 2 = 5.
+    assert steps == [2, 3, 5]
+    with pytest.raises(ValueError, match="leaves no step"):
+        bad = load_config(ROOT / "configs" / "default.yaml", {
+            "output_dir": str(tmp_path / "bad"), "report_to": [],
+            "data": {"n_train": 4, "n_eval": 2}, "eval": {"enabled": False, "curve_every": 0},
+            "sft": {"max_steps": 3, "curriculum_steps": 3, "curriculum_restart": True}})
+        Pipeline(bad).run()
