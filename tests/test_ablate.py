@@ -12,8 +12,7 @@ from rl.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 ABL = ROOT / "configs" / "ablations"
 TASK = {"logging_steps": 1, "progress_bars": False, "data": {"n_train": 48, "n_eval": 6},
-        "sft": {"max_steps": 6, "curriculum_steps": 2, "curriculum_scenes": 8,
-                "policy_refinement_steps": 2, "policy_refinement_records": 8},
+        "sft": {"max_steps": 6, "policy_refinement_steps": 2, "policy_refinement_records": 8},
         "grpo_stage1": {"max_steps": 2, "n_prompts": 8, "logging_steps": 1},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "regenerate_every": None,
                         "logging_steps": 1},

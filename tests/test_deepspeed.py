@@ -21,8 +21,7 @@ output_dir: {tmp_path / "run"}
 logging_steps: 1
 progress_bars: false
 data: {{n_train: 32, n_eval: 8, prompts: {ROOT / "configs" / "default_prompts.yaml"}}}
-sft: {{max_steps: 3, batch_size: 4, curriculum_steps: 1, curriculum_scenes: 4,
-      policy_refinement_steps: 0}}
+sft: {{max_steps: 3, batch_size: 4, policy_refinement_steps: 0}}
 grpo_stage1: {{max_steps: 2, batch_size: 8, num_generations: 4, n_prompts: 8,
               max_completion_length: 16}}
 grpo_stage2: {{enabled: false}}

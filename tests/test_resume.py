@@ -23,8 +23,7 @@ def recipe(out: Path, **sections) -> dict:
          "logging_steps": 1, "progress_bars": False,
          "data": {"n_train": 96, "n_eval": 8,
                   "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-         "sft": {"max_steps": 60, "curriculum_steps": 20, "curriculum_scenes": 40,
-                 "policy_refinement_steps": 4, "policy_refinement_records": 16},
+         "sft": {"max_steps": 60, "policy_refinement_steps": 4, "policy_refinement_records": 16},
          "grpo_stage1": {"max_steps": 60, "n_prompts": 16},
          "grpo_stage2": {"max_steps": 2, "n_prompts": 8},
          "eval": {"pictures": 0, "curve_every": 0}}

@@ -25,8 +25,7 @@ def tiny_overrides(out: Path) -> dict:
         "data": {"n_train": 160, "n_eval": 16, "objects": [1, 1], "train_objects": None,
                  "kinds": {"attribute": 1.0, "replace": True}, "distractors": "any",
                  "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "sft": {"max_steps": 150, "curriculum_steps": 30, "curriculum_scenes": 60,
-                "refinement_share": 1.0, "policy_refinement_steps": 10,
+        "sft": {"max_steps": 150, "refinement_share": 1.0, "policy_refinement_steps": 10,
                 "policy_refinement_records": 16, "policy_refinement_learning_rate": 2e-4},
         "grpo_stage1": {"max_steps": 3, "n_prompts": 16, "temperature": 1.3,
                         "logging_steps": 1},
@@ -130,11 +129,9 @@ def test_finished_stages_are_skipped_on_resume(run, capsys):
 def test_learning_curves_cover_every_stage(run):
     out, metrics, _ = run
     points = json.loads((out / "curves.json").read_text())
-    # The curriculum's end (30), the training scenes' pass every 50 of its steps and at its
-    # end (30 + 50, 30 + 100, 150), the second pass's end, then each GRPO stage's end.
     assert [(p["stage"], p["step"]) for p in points] == [
-        ("sft", 30), ("sft", 80), ("sft", 130), ("sft", 150), ("sft", 160),
-        ("grpo_stage1", 3), ("grpo_stage2", 2)]
+        ("sft", 50), ("sft", 100), ("sft", 150), ("sft", 160), ("grpo_stage1", 3),
+        ("grpo_stage2", 2)]
     assert all(0 <= p["gIoU"] <= 1 for p in points)
     assert (out / "plots" / "curves.png").is_file() and metrics["seconds"]["curves"] > 0
 
