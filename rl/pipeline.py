@@ -392,14 +392,11 @@ class Pipeline:
                     log(f"sft: {len(ds)} samples, {stage.max_steps} steps (a new schedule "
                         f"after the curriculum)")
                 elif sft.curriculum_steps:
-                    first = list(build_sft(records(cfg, "curriculum"), self.decoder(),
-                                           self.prompts, build))
-                    ds, extra = curriculum_dataset(first, rows, sft, cfg.seed)
+                    ds, extra = curriculum_dataset(self._curriculum_rows(build), rows, sft,
+                                                   cfg.seed)
                     stage = dataclasses.replace(sft, extra_args={**sft.extra_args, **extra})
                     log(f"sft: {sft.curriculum_steps} curriculum steps on "
-                        f"{cfg.data.curriculum_objects} objects "
-                        f"({cfg.data.curriculum_distractors or cfg.data.distractors} "
-                        f"distractors), then {len(rows)} samples")
+                        f"{self._curriculum_scenes_label()}, then {len(rows)} samples")
                 else:
                     ds = Dataset.from_list(rows).select_columns(["image", "prompt",
                                                                  "completion"])
@@ -523,20 +520,31 @@ class Pipeline:
         log(f"learning curves: {len(rows)} validation scenes every {e.curve_every} steps")
         return callback
 
+    def _curriculum_rows(self, build) -> list[dict]:
+        """The curriculum's SFT rows (`records(cfg, "curriculum")`, built as the training
+        scenes are)."""
+        from rl.data.samples import build_sft
+
+        return list(build_sft(records(self.cfg, "curriculum"), self.decoder(), self.prompts,
+                              build))
+
+    def _curriculum_scenes_label(self) -> str:
+        d = self.cfg.data
+        return (f"{d.curriculum_objects} objects "
+                f"({d.curriculum_distractors or d.distractors} distractors)")
+
     def _curriculum_pass(self, model, build) -> tuple:
         """The curriculum as a pass of its own (`sft.curriculum_restart`): its scenes for
         `sft.curriculum_steps` steps with the stage's warm-up and schedule over those steps;
         the training scenes then start a new schedule and a new optimizer state."""
         from datasets import Dataset
 
-        from rl.data.samples import build_sft
         from rl.train_sft import run_sft
 
-        sft, cfg = self.cfg.sft, self.cfg
-        first = list(build_sft(records(cfg, "curriculum"), self.decoder(), self.prompts, build))
-        ds = Dataset.from_list(first).select_columns(["image", "prompt", "completion"])
-        log(f"sft curriculum: {len(ds)} samples of {cfg.data.curriculum_objects} objects "
-            f"({cfg.data.curriculum_distractors or cfg.data.distractors} distractors), "
+        sft = self.cfg.sft
+        ds = Dataset.from_list(self._curriculum_rows(build)).select_columns(
+            ["image", "prompt", "completion"])
+        log(f"sft curriculum: {len(ds)} samples of {self._curriculum_scenes_label()}, "
             f"{sft.curriculum_steps} steps")
         stage = dataclasses.replace(sft, max_steps=sft.curriculum_steps,
                                     collate_cache=min(sft.collate_cache, len(ds)))
