@@ -93,7 +93,7 @@ class LoraConfig:
 @dataclass
 class SFTStageConfig:
     """The cold start (TRL SFTTrainer). The new token rows are trained: full fine-tuning, or
-    with LoRA the embeddings and head as `modules_to_save`, merged before saving."""
+    with LoRA as `new_rows` says, merged before saving."""
 
     enabled: bool = True
     checkpoint: str | None = None  # an SFT checkpoint to start from instead of training one
@@ -139,6 +139,12 @@ class SFTStageConfig:
     # The vision tower's learning rate as a multiple of the stage's (1: as every other weight).
     vision_lr_scale: float = 1.0
     lora: dict | None = None
+    # With LoRA, how the new token rows train: "trainable_tokens" (only the spatial tokens' rows
+    # of the input embeddings and the head; an untied head only), "modules_to_save" (full
+    # trainable copies of both matrices: every row trains, and the copies, their gradients and
+    # Adam moments cost 4x the two matrices: 17 GB in float32 at 7B's 152,064 x 3,584),
+    # "auto" (trainable_tokens when the head is untied, modules_to_save when tied).
+    new_rows: str = "auto"
     extra_args: dict = field(default_factory=dict)
 
 
@@ -304,8 +310,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def check(cfg: RunConfig, where: str) -> None:
     """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
-    wherever offset refinement is asked for."""
+    wherever offset refinement is asked for; `sft.new_rows` is one of its values."""
     from tokens.registry import get_codec
+
+    if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
+        raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
+                          f"modules_to_save, got {cfg.sft.new_rows!r}")
 
     try:
         get_codec(cfg.codec, **cfg.codec_params)

@@ -86,7 +86,7 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
         # every completion of the step (unless extra_args say otherwise).
         **{**({"num_completions_to_print": 2} if stage.log_completions else {}),
            **stage.extra_args})
-    peft_config = lora_config(stage.lora, train_new_rows=False) if stage.lora else None
+    peft_config = lora_config(stage.lora) if stage.lora else None
     callbacks = list(ctx.callbacks) + callbacks_for(ctx.report_to, stage.log_completions)
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                        processing_class=ctx.processor, peft_config=peft_config,

@@ -5,9 +5,10 @@
 
 Trains on prompt/completion conversations (stage-1 grid answers and offset-refinement
 dialogues from `python -m rl.data --build sft`), supervising only the completions. The new token
-rows are trained: full fine-tuning, or with LoRA the embeddings and the head as
-`modules_to_save` (PEFT's `trainable_token_indices` crashes in TRL on tied embeddings and is not
-synced to vLLM); the adapter is merged before model, tokenizer and processor are saved.
+rows are trained: full fine-tuning, or with LoRA (`sft.new_rows`) only the new rows of an untied
+model's input embeddings and head (PEFT's TrainableTokens for the embeddings, a parametrization
+for the head: `rl.training.train_head_rows`), or the whole embeddings and head of a tied one as
+`modules_to_save`; the adapter is merged before model, tokenizer and processor are saved.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
     from rl.training import (
         common_args,
         lora_config,
+        new_rows_mode,
         optimizer_with_vision_scale,
         score_labelled_positions_only,
+        train_head_rows,
     )
 
     score_labelled_positions_only(ctx.score_labelled_only)
@@ -148,7 +151,12 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
     args = SFTConfig(**common_args(stage, ctx, max_steps), warmup_steps=stage.warmup_steps,
                      lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
                      dataloader_num_workers=0, **stage.extra_args)
-    peft_config = lora_config(stage.lora, train_new_rows=True) if stage.lora else None
+    peft_config, new_ids = None, ()
+    if stage.lora:
+        rows = new_rows_mode(stage.new_rows, model)
+        tok = getattr(ctx.processor, "tokenizer", ctx.processor)
+        new_ids = sorted(ctx.vocab.token_ids(tok).values()) if rows == "trainable_tokens" else ()
+        peft_config = lora_config(stage.lora, rows, new_ids)
     optimizer = None
     if stage.vision_lr_scale != 1.0:
         if stage.lora:
@@ -159,6 +167,8 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
                          processing_class=ctx.processor, peft_config=peft_config,
                          callbacks=list(ctx.callbacks) or None,
                          optimizer_cls_and_kwargs=optimizer)
+    if new_ids:
+        train_head_rows(trainer.model, new_ids)
     if stage.collate_cache:
         tok = getattr(ctx.processor, "tokenizer", ctx.processor)
         trainer.data_collator = PerSampleCollator(trainer.data_collator, tok.pad_token_id,

@@ -117,16 +117,93 @@ def common_args(stage, ctx: RunContext, max_steps: int | None = None) -> dict:
         bf16=use_bf16(), disable_tqdm=not ctx.progress_bars)
 
 
-def lora_config(lora: dict, train_new_rows: bool):
+NEW_ROWS = ("auto", "trainable_tokens", "modules_to_save")
+
+
+def new_rows_mode(requested: str, model) -> str:
+    """How LoRA trains the new token rows of `model`: `requested` ("auto", "trainable_tokens" or
+    "modules_to_save", see `SFTStageConfig.new_rows`) resolved for its head: "auto" means
+    trainable_tokens when the head is untied and modules_to_save when it is tied."""
+    if requested not in NEW_ROWS:
+        raise ValueError(f"sft.new_rows: expected one of {', '.join(NEW_ROWS)}, got {requested!r}")
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    if requested == "auto":
+        return "modules_to_save" if tied else "trainable_tokens"
+    if requested == "trainable_tokens" and tied:
+        raise ValueError("sft.new_rows: trainable_tokens needs an untied LM head; this model ties "
+                         "it to the input embeddings (PEFT would wrap the head, whose weight TRL's "
+                         "fused LM head reads directly); use modules_to_save or auto")
+    return requested
+
+
+def lora_config(lora: dict, new_rows: str | None = None, new_ids=()):
+    """PEFT's LoraConfig for `lora` (the recipe's dict). `new_rows`: None (only the adapter
+    trains: the GRPO stages), "modules_to_save" (full trainable copies of the input embeddings
+    and the head) or "trainable_tokens" (PEFT's TrainableTokens on the input embeddings' rows
+    `new_ids`; the head's rows go through `train_head_rows`, once the trainer has wrapped the
+    model)."""
     from peft import LoraConfig
 
     from rl.config import LoraConfig as Schema
     from rl.config import _build
 
     spec = _build(Schema, lora, "lora")
+    rows = {}
+    if new_rows == "modules_to_save":
+        rows["modules_to_save"] = ["embed_tokens", "lm_head"]
+    elif new_rows == "trainable_tokens":
+        rows["trainable_token_indices"] = {"embed_tokens": sorted(int(i) for i in new_ids)}
+    elif new_rows is not None:
+        raise ValueError(f"new_rows: expected modules_to_save or trainable_tokens, "
+                         f"got {new_rows!r}")
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type="CAUSAL_LM",
-                      modules_to_save=["embed_tokens", "lm_head"] if train_new_rows else None)
+                      target_modules=spec.target_modules, task_type="CAUSAL_LM", **rows)
+
+
+def _rows_replaced_class():
+    import torch
+
+    class RowsReplaced(torch.nn.Module):
+        """A parametrization of a weight: rows `ids` come from a trainable tensor, the rest
+        from the (frozen) original."""
+
+        def __init__(self, weight, ids):
+            super().__init__()
+            self.register_buffer("ids", torch.as_tensor(sorted(int(i) for i in ids)),
+                                 persistent=False)
+            self.rows = torch.nn.Parameter(weight.detach()[self.ids].clone())
+
+        def forward(self, original):
+            return original.index_copy(0, self.ids, self.rows.to(original.dtype))
+
+    return RowsReplaced
+
+
+def train_head_rows(model, ids) -> None:
+    """Train only the rows `ids` of `model`'s untied LM head (the head itself stays frozen).
+
+    PEFT's TrainableTokens would wrap the head in a module whose `weight` is the frozen base
+    weight and which has no `bias`; TRL's fused LM head reads `lm_head.weight` and
+    `lm_head.bias` directly (AttributeError, and without it the trained rows would be skipped).
+    A torch parametrization keeps the head an `nn.Linear` whose `weight` is the frozen matrix
+    with the trained rows in place: what TRL reads is what the model computes.
+    `fold_head_rows` writes the rows into the weight before saving."""
+    from torch.nn.utils import parametrize
+
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(False)
+    parametrize.register_parametrization(head, "weight",
+                                         _rows_replaced_class()(head.weight, ids))
+
+
+def fold_head_rows(model) -> None:
+    """Write the rows trained by `train_head_rows` into the head's weight and remove the
+    parametrization (nothing to do when there is none)."""
+    from torch.nn.utils import parametrize
+
+    head = model.get_output_embeddings()
+    if head is not None and parametrize.is_parametrized(head, "weight"):
+        parametrize.remove_parametrizations(head, "weight", leave_parametrized=True)
 
 
 def write_trainer_info(trainer, out_dir: Path) -> None:
@@ -162,6 +239,7 @@ def train_and_save(trainer, ctx: RunContext, merge: bool, save: bool = True):
     model = trainer.model
     if merge:
         model = model.merge_and_unload()
+    fold_head_rows(model)
     if save and trainer.accelerator.is_main_process:
         out = ctx.output_dir
         save_model(trainer.accelerator.unwrap_model(model), ctx.processor, ctx.vocab, out)
