@@ -16,6 +16,11 @@ ablations of stage 1 therefore share one cold start, those of stage 2 also share
 finished by an earlier invocation count too: the variant folders already in `--out`, and in
 each `--reuse` folder, are scanned first.
 
+`--seeds N` trains every variant with N seeds (the recipe's seed, +1, ...; folders
+`<variant>/seed<k>`), stages shared within a seed; each row is then the mean (and standard
+deviation) over seeds, with intervals over held-out scenes and seeds (`rl.metrics.
+seeded_paired_difference`: seed k of a variant paired with seed k of the full model).
+
 Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json`, and
 `rewards_<stage>.png` with each variant's mean total reward over steps.
 """
@@ -42,7 +47,7 @@ from rl.config import (
     stage_key,
     to_dict,
 )
-from rl.metrics import paired_difference
+from rl.metrics import seeded_interval, seeded_paired_difference
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -86,7 +91,8 @@ def scan_finished(folder: Path) -> dict[str, Path]:
     """Stage keys of the stages finished in the run folders under `folder` (variant folders of
     an earlier invocation, or any `rl/train_grpo.py` output: its `config.json` is the recipe)."""
     done: dict[str, Path] = {}
-    for recipe in sorted(Path(folder).glob("*/config.json")):
+    recipes = [*Path(folder).glob("*/config.json"), *Path(folder).glob("*/seed*/config.json")]
+    for recipe in sorted(recipes):
         try:
             cfg = load_config(recipe)
         except ValueError:
@@ -122,32 +128,80 @@ def _interval(iv, scale: float = 100.0, sign: bool = False) -> str:
     return f" [{scale * iv[0]:{f}}, {scale * iv[1]:{f}}]"
 
 
-def table_rows(results: list[dict]) -> list[dict]:
-    """One row per variant: the final stage's held-out metrics, gIoU after each stage, the
-    stage-1 reward terms' last-fifth means and answer tokens per instance."""
-    rows = []
-    full = results[0]
-    full_final = full["metrics"]["evaluation"].get(final_stage(full["metrics"]) or "", {})
+def _by_variant(results: list[dict]) -> dict[str, list[dict]]:
+    """The results grouped by variant, in order; within a variant, one per seed."""
+    groups: dict[str, list[dict]] = {}
     for r in results:
-        ev = r["metrics"].get("evaluation", {})
-        stage = final_stage(r["metrics"])
-        m = ev.get(stage, {}) if stage else {}
-        row = {"variant": r["name"], "changes": r["changes"], "final_stage": stage,
-               **{k: m.get(k) for k, _ in ROW_METRICS},
-               "parse_failures": m.get("parse_failures"), "samples": m.get("samples"),
-               "answer_tokens_per_instance": m.get("answer_tokens_per_instance"),
-               "gIoU_by_stage": {s: ev[s]["gIoU"] for s in STAGES if s in ev},
-               "reused": r["reused"]}
-        row["gIoU_interval"] = (m.get("intervals") or {}).get("gIoU")
-        if m.get("gIoU") is not None and full_final.get("gIoU") is not None:
-            row["delta_gIoU"] = m["gIoU"] - full_final["gIoU"]
-            mine, theirs = sample_ious(r, stage), sample_ious(full, final_stage(full["metrics"]))
-            if r is not full and mine is not None and theirs is not None \
-                    and len(mine) == len(theirs):
-                d = paired_difference(mine, theirs)
+        groups.setdefault(r["name"], []).append(r)
+    return groups
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _ious(runs: list[dict]):
+    """Per-sample held-out IoUs of each seed's final stage (seeds x samples), or None when a
+    seed lacks them or the seeds scored different sample counts."""
+    rows = [sample_ious(r, final_stage(r["metrics"])) for r in runs]
+    if any(x is None for x in rows) or len({len(x) for x in rows}) != 1:
+        return None
+    return rows
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per variant: the final stage's held-out metrics (the mean over seeds, with
+    their standard deviation `<metric>_sd` when there are several), gIoU after each stage, the
+    stage-1 reward terms' last-fifth means and answer tokens per instance; the gIoU interval
+    and the paired interval of its difference to the full row, with held-out samples resampled
+    and, over several seeds, seeds too (seed k of a variant paired with seed k of the full)."""
+    import numpy as np
+
+    groups = _by_variant(results)
+    full = next(iter(groups.values()))
+    full_ious = _ious(full)
+    rows = []
+    for name, runs in groups.items():
+        finals = [r["metrics"].get("evaluation", {}).get(final_stage(r["metrics"]) or "", {})
+                  for r in runs]
+        evs = [r["metrics"].get("evaluation", {}) for r in runs]
+        row = {"variant": name, "changes": runs[0]["changes"],
+               "final_stage": final_stage(runs[0]["metrics"]),
+               **{k: _mean(m.get(k) for m in finals) for k, _ in ROW_METRICS},
+               "parse_failures": _sum(m.get("parse_failures") for m in finals),
+               "samples": _sum(m.get("samples") for m in finals),
+               "answer_tokens_per_instance": _mean(m.get("answer_tokens_per_instance")
+                                                   for m in finals),
+               "gIoU_by_stage": {s: _mean(ev[s]["gIoU"] for ev in evs if s in ev)
+                                 for s in STAGES if any(s in ev for ev in evs)},
+               "reused": runs[0]["reused"] if len(runs) == 1 else [r["reused"] for r in runs]}
+        mine = _ious(runs)
+        if len(runs) == 1:
+            row["gIoU_interval"] = (finals[0].get("intervals") or {}).get("gIoU")
+        else:
+            row["seeds"] = [r.get("seed") for r in runs]
+            for k, _ in ROW_METRICS:
+                vals = [m.get(k) for m in finals]
+                if all(v is not None for v in vals):
+                    row[f"{k}_sd"] = float(np.std(vals, ddof=1))
+            row["gIoU_interval"] = seeded_interval(mine) if mine is not None else None
+        full_gIoU = _mean(m.get("gIoU") for m in
+                          (r["metrics"].get("evaluation", {}).get(
+                              final_stage(r["metrics"]) or "", {}) for r in full))
+        if row["gIoU"] is not None and full_gIoU is not None:
+            row["delta_gIoU"] = row["gIoU"] - full_gIoU
+            if runs is not full and mine is not None and full_ious is not None \
+                    and np.shape(mine) == np.shape(full_ious):
+                d = seeded_paired_difference(mine, full_ious)
                 row["delta_gIoU_interval"], row["verdict"] = d["interval"], d["verdict"]
         rows.append(row)
     return rows
+
+
+def _sum(values):
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 def _pct(v) -> str:
@@ -164,7 +218,8 @@ def markdown(rows: list[dict]) -> str:
         changes = ", ".join(f"`{c}`" for c in r["changes"]) or "(full model)"
         tokens = r["answer_tokens_per_instance"]
         delta = r.get("delta_gIoU")
-        cells = [_pct(r[k]) for k, _ in ROW_METRICS]
+        cells = [_pct(r[k]) + (f" ± {100 * r[k + '_sd']:.1f}" if r.get(k + "_sd") is not None
+                               else "") for k, _ in ROW_METRICS]
         cells[0] += _interval(r.get("gIoU_interval"))
         delta_cell = "–" if delta is None else (
             f"{100 * delta:+.1f}" + _interval(r.get("delta_gIoU_interval"), sign=True)
@@ -211,6 +266,29 @@ def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "rewa
     return path
 
 
+def seeded_runs(named: list[tuple[str, str]], task: dict, out: Path, seeds: int) -> list[tuple]:
+    """(name, recipe path, config, the full model's config of the same seed) for every variant
+    and seed, variant by variant: one seed keeps the folder `out/<name>`; several take the
+    recipe's seed, +1, ... in `out/<name>/seed<k>`."""
+    runs, fulls = [], {}
+    for name, path in named:
+        base = load_config(path, {**task, "output_dir": str(out / name)})
+        for k in range(seeds):
+            cfg = base if seeds == 1 else load_config(path, {
+                **task, "seed": base.seed + k,
+                "output_dir": str(out / name / f"seed{base.seed + k}")})
+            fulls.setdefault(k, cfg)
+            runs.append((name, path, cfg, fulls[k]))
+    return runs
+
+
+def count_trainings(cfgs: list[RunConfig]) -> int:
+    """How many stage trainings `cfgs` need: stages with the same recipe prefix (`stage_key`)
+    are trained once and shared."""
+    return len({stage_key(cfg, stage) for cfg in cfgs for stage in STAGES
+                if getattr(cfg, stage).enabled})
+
+
 def run_variant(cfg: RunConfig, launcher: str | None) -> dict:
     """Train and evaluate one variant: in this process, or through `launcher` (e.g.
     `accelerate launch --config_file configs/accelerate/ddp.yaml`) on its recipe.yaml."""
@@ -245,9 +323,16 @@ def main(argv=None) -> list[dict]:
                    help="output folders of earlier invocations whose finished stages may be reused")
     p.add_argument("--launcher", default=None,
                    help='run each variant as a subprocess, e.g. "accelerate launch"')
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every variant with this many seeds (the recipe's seed, +1, ...; "
+                        "folders <variant>/seed<k>); tables give the mean and standard deviation "
+                        "over seeds, intervals over seeds and held-out scenes")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the variants and what they change; train nothing")
+                   help="print the variants, what they change and how many stage trainings "
+                        "they need; train nothing")
     a = p.parse_args(argv)
+    if a.seeds < 1:
+        raise SystemExit(f"--seeds: expected 1 or more, got {a.seeds}")
 
     task = load_yaml_chain(a.task) if a.task else {}
     full_path = a.full
@@ -261,11 +346,12 @@ def main(argv=None) -> list[dict]:
     named = [(a.full_name, full_path)] + [(Path(v).stem, v) for v in a.variants]
     if len({n for n, _ in named}) != len(named):
         raise SystemExit(f"variant names (file stems) must be distinct: {[n for n, _ in named]}")
-    cfgs = [(name, path, load_config(path, {**task, "output_dir": str(out / name)}))
-            for name, path in named]
-    full_cfg = cfgs[0][2]
-    for name, path, cfg in cfgs:
+    runs = seeded_runs(named, task, out, a.seeds)     # (name, path, cfg, full cfg of its seed)
+    for name, path, cfg, full_cfg in runs[::a.seeds]:
         print(f"[ablate] {name:28s} {path}: {', '.join(differences(cfg, full_cfg)) or 'full'}")
+    trainings = count_trainings([cfg for _, _, cfg, _ in runs])
+    print(f"[ablate] {len(named)} variants x {a.seeds} seed(s): {trainings} stage trainings "
+          "(stages with identical recipes trained once)")
     if a.dry_run:
         return []
     out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +359,7 @@ def main(argv=None) -> list[dict]:
     for folder in [out, *a.reuse]:
         done.update({k: v for k, v in scan_finished(Path(folder)).items() if k not in done})
     results = []
-    for name, path, cfg in cfgs:
+    for name, path, cfg, full_cfg in runs:
         reused = reuse_stages(cfg, done)
         print(f"[ablate] {name}: training" + (f" (reusing {', '.join(reused)})" if reused
                                                else ""), flush=True)
@@ -282,7 +368,7 @@ def main(argv=None) -> list[dict]:
             if getattr(cfg, stage).enabled and (Path(cfg.output_dir) / stage / "stage.json"
                                                 ).is_file():
                 done.setdefault(stage_key(cfg, stage), Path(cfg.output_dir))
-        results.append({"name": name, "recipe": path, "dir": cfg.output_dir,
+        results.append({"name": name, "recipe": path, "dir": cfg.output_dir, "seed": cfg.seed,
                         "changes": differences(cfg, full_cfg), "reused": reused,
                         "metrics": metrics})
         rows = table_rows(results)

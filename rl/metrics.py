@@ -183,6 +183,49 @@ def paired_difference(after: Sequence[float], before: Sequence[float],
             "samples": int(d.size), "verdict": verdict}
 
 
+def _seeded_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap means of `values` (seeds x samples): the samples (held-out scenes) resampled
+    once per draw for every seed, then the seeds resampled; one seed resamples samples only, with
+    the same draws as `bootstrap_interval`."""
+    n_seeds, n = values.shape
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (n_resamples, n))
+    per_seed = np.stack([v[idx].mean(axis=1) for v in values])       # seeds x draws
+    if n_seeds == 1:
+        return per_seed[0]
+    pick = rng.integers(0, n_seeds, (n_resamples, n_seeds))
+    return np.take_along_axis(per_seed.T, pick, axis=1).mean(axis=1)
+
+
+def seeded_interval(values, n_resamples: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> list[float] | None:
+    """95 % bootstrap interval of the mean of `values`, one row per training seed, one column
+    per held-out sample (the same samples in every row): samples and seeds resampled
+    (`_seeded_means`). One row gives `bootstrap_interval`'s interval."""
+    v = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        return None
+    lo, hi = np.quantile(_seeded_means(v, n_resamples, seed), [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def seeded_paired_difference(after, before, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """`paired_difference` over training seeds: `after` and `before` are seeds x held-out
+    samples, row k of one paired with row k of the other (the same seed, e.g. a shared cold
+    start) and column i with column i (the same scene). The difference's mean and its 95 %
+    interval with samples and seeds resampled; one row gives `paired_difference`'s figures."""
+    a = np.atleast_2d(np.asarray(after, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(before, dtype=np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference of {a.shape} and {b.shape} (seeds x samples)")
+    d = a - b
+    ci = seeded_interval(d, n_resamples, seed=seed) if d.size else None
+    verdict = ("not distinguishable" if ci is None or ci[0] <= 0 <= ci[1]
+               else "better" if ci[0] > 0 else "worse")
+    return {"difference": float(d.mean()) if d.size else None, "interval": ci,
+            "samples": int(d.shape[1]), "seeds": int(d.shape[0]), "verdict": verdict}
+
+
 def intervals(scores: Sequence[SampleScore], n_resamples: int = 2000, seed: int = 0) -> dict:
     """95 % bootstrap intervals (samples resampled) of gIoU, cIoU and Acc@0.5."""
     rec = [s.box_iou for s in scores if s.box_iou is not None]

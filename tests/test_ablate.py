@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -45,7 +46,8 @@ def test_stage_keys_ignore_output_and_later_stages():
 
 def test_every_ablation_file_changes_one_thing(capsys):
     main([str(p) for p in sorted(ABL.glob("*.yaml"))] + ["--dry-run"])
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[ablate]")]
+    out = capsys.readouterr().out.splitlines()
+    lines = [ln for ln in out if ln.startswith("[ablate]") and "stage trainings" not in ln]
     assert lines[0].split()[1] == "full" and len(lines) == 1 + len(list(ABL.glob("*.yaml")))
     assert all(ln.count("=") == 1 for ln in lines[1:])
 
@@ -96,3 +98,58 @@ def test_a_variant_without_base_needs_full(tmp_path):
     lone.write_text("seed: 1\n")
     with pytest.raises(SystemExit, match="name the full model with --full"):
         main([str(lone), "--dry-run"])
+
+
+def test_seeds_train_each_distinct_stage_once_per_seed(capsys):
+    variants = [str(ABL / "stage1_no_box.yaml"), str(ABL / "stage2_no_mask_gain.yaml")]
+    main(variants + ["--dry-run"])
+    # full, no_box, no_mask_gain: one cold start, two stage-1 runs, three stage-2 runs.
+    assert "3 variants x 1 seed(s): 6 stage trainings" in capsys.readouterr().out
+    main(variants + ["--dry-run", "--seeds", "2"])
+    assert "3 variants x 2 seed(s): 12 stage trainings" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--seeds"):
+        main(variants + ["--dry-run", "--seeds", "0"])
+
+
+def test_seeded_runs_share_stages_within_a_seed_only(tmp_path):
+    from rl.ablate import seeded_runs
+
+    runs = seeded_runs([("full", str(ABL.parent / "default.yaml")),
+                        ("no_box", str(ABL / "stage1_no_box.yaml"))], {}, tmp_path, 2)
+    assert [(n, c.seed, Path(c.output_dir).relative_to(tmp_path).as_posix())
+            for n, _, c, _ in runs] == [("full", 0, "full/seed0"), ("full", 1, "full/seed1"),
+                                        ("no_box", 0, "no_box/seed0"),
+                                        ("no_box", 1, "no_box/seed1")]
+    keys = [stage_key(c, "sft") for _, _, c, _ in runs]
+    assert keys[0] == keys[2] and keys[1] == keys[3] and keys[0] != keys[1]
+    assert all(f.seed == c.seed for _, _, c, f in runs)  # compared with the same seed's full
+
+
+def _fake_run(root: Path, name: str, seed: int, ious: list[float]) -> dict:
+    """A finished variant folder as the runner leaves it: metrics.json and the final stage's
+    per-sample IoUs."""
+    d = root / name / f"seed{seed}"
+    (d / "grpo_stage2").mkdir(parents=True)
+    (d / "grpo_stage2" / "stage.json").write_text(json.dumps({"sample_iou": ious}))
+    g = sum(ious) / len(ious)
+    m = {"gIoU": g, "cIoU": g, "Acc@0.5": 0.5, "Acc@0.8": 0.25, "samples": len(ious),
+         "parse_failures": 0, "answer_tokens_per_instance": 7.0}
+    return {"name": name, "dir": str(d), "seed": seed, "changes": [] if name == "full" else
+            ["x=1"], "reused": [], "metrics": {"evaluation": {"grpo_stage2": m}}}
+
+
+def test_table_over_seeds_gives_mean_sd_and_intervals(tmp_path):
+    from rl.ablate import markdown, table_rows
+
+    ious = {0: [0.2, 0.4, 0.6, 0.8], 1: [0.3, 0.5, 0.7, 0.9]}
+    results = [_fake_run(tmp_path, "full", s, ious[s]) for s in (0, 1)] + \
+              [_fake_run(tmp_path, "same", s, ious[s]) for s in (0, 1)]
+    full, same = table_rows(results)
+    assert full["seeds"] == [0, 1] and np.isclose(full["gIoU"], 0.55)
+    assert np.isclose(full["gIoU_sd"], np.std([0.5, 0.6], ddof=1))
+    assert full["gIoU_interval"][0] <= 0.55 <= full["gIoU_interval"][1]
+    assert full["samples"] == 8
+    # Identical runs: a difference of 0 whose interval contains 0.
+    assert same["delta_gIoU"] == 0.0 and same["delta_gIoU_interval"] == [0.0, 0.0]
+    assert same["verdict"] == "not distinguishable"
+    assert "55.0 ± 7.1 [" in markdown([full, same])

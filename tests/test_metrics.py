@@ -214,3 +214,47 @@ def test_paired_difference_verdicts():
     assert paired_difference(before - 0.05, before)["verdict"] == "worse"
     with pytest.raises(ValueError, match="paired"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_seeded_bootstrap_by_hand():
+    """Two seeds x two scenes, three draws with a fixed resampling seed, worked out here: the
+    scenes are resampled once per draw for both seeds, then the seeds."""
+    from rl.metrics import seeded_interval
+
+    v = np.array([[1.0, 0.0],     # seed 0: scene means 1 / 0
+                  [0.0, 0.0]])    # seed 1: always 0
+    rng = np.random.default_rng(7)
+    scenes = rng.integers(0, 2, (3, 2))
+    seeds = rng.integers(0, 2, (3, 2))
+    stats = []
+    for r in range(3):
+        per_seed = [sum(v[s, i] for i in scenes[r]) / 2 for s in (0, 1)]
+        stats.append(sum(per_seed[k] for k in seeds[r]) / 2)
+    lo, hi = np.quantile(stats, [0.025, 0.975])
+    assert seeded_interval(v, n_resamples=3, seed=7) == [lo, hi]
+    assert seeded_interval([[0.3, 0.3], [0.3, 0.3]]) == [0.3, 0.3]
+
+
+def test_seeded_difference_reduces_to_the_paired_one_and_contains_zero_for_equal_runs():
+    from rl.metrics import (
+        bootstrap_interval,
+        paired_difference,
+        seeded_interval,
+        seeded_paired_difference,
+    )
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(80), rng.random(80)
+    one = seeded_paired_difference([a], [b])
+    assert one["interval"] == paired_difference(a, b)["interval"] and one["seeds"] == 1
+    assert seeded_interval([a]) == bootstrap_interval(a)
+    runs = rng.random((3, 80))
+    same = seeded_paired_difference(runs, runs.copy())
+    assert same["interval"] == [0.0, 0.0] and same["verdict"] == "not distinguishable"
+    # A seed that differs widely widens the interval beyond what the scenes alone give.
+    shifted = runs + np.array([[0.0], [0.3], [-0.3]])
+    wide = seeded_paired_difference(shifted, runs)
+    assert wide["interval"][0] < -0.05 < 0.05 < wide["interval"][1]
+    assert wide["verdict"] == "not distinguishable" and wide["seeds"] == 3
+    with pytest.raises(ValueError, match="seeds x samples"):
+        seeded_paired_difference(runs, runs[:2])
