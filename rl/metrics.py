@@ -307,7 +307,7 @@ def report(scores: Sequence[SampleScore], datasets: Sequence[str]) -> dict:
     out = {}
     for name in dict.fromkeys(datasets):
         part = [s for s, d in zip(scores, datasets, strict=True) if d == name]
-        entry = {"per_expression": summarize(part)}
+        entry = {"per_expression": {**summarize(part), "intervals": intervals(part)}}
         ids = [s.instance for s in part if s.instance]
         if len(set(ids)) < len(ids):
             entry["per_instance"] = summarize_per_instance(part)
@@ -329,16 +329,23 @@ def _cell(value, fmt: str) -> str:
     return f"{100 * value:.1f}" if fmt == "pct" else f"{int(value)}"
 
 
+def _interval_cell(iv) -> str:
+    return "" if not iv else f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+
+
 def markdown_table(results: dict, model: str = "") -> str:
     """A Markdown table of `report` output: a row per dataset/split (and per-instance rows where
-    present); scores in percent."""
+    present); scores in percent, gIoU, cIoU and Acc@0.5 per expression with their 95 % bootstrap
+    intervals over samples."""
     head = "| dataset / split | " + " | ".join(c[1] for c in _COLUMNS) + " |"
     lines = ([f"Model: `{model}`", ""] if model else []) + [
         head, "|" + "---|" * (len(_COLUMNS) + 1)]
     for name, entry in results.items():
         m = entry["per_expression"]
+        ivs = m.get("intervals") or {}
         lines.append(f"| {name} (per expression) | "
-                     + " | ".join(_cell(m.get(k), f) for k, _, f in _COLUMNS) + " |")
+                     + " | ".join(_cell(m.get(k), f) + _interval_cell(ivs.get(k))
+                                  for k, _, f in _COLUMNS) + " |")
         if "per_instance" in entry:
             pi = {**entry["per_instance"], "samples": entry["per_instance"]["instances"]}
             lines.append(f"| {name} (per instance: {pi['samples']} objects) | "

@@ -90,10 +90,19 @@ def test_report_per_dataset_and_split_and_its_table():
     assert g["target_accuracy"] == 0.0 and g["parse_failures"] == 1 and g["Acc@0.5"] is None
     table = markdown_table(res, "runs/x")
     assert table.startswith("Model: `runs/x`")
-    assert "| refcoco/testA (per expression) | 3 | 50.0 | 60.0 | 66.7 | 33.3 |" in table
+    # Per expression, gIoU, cIoU and Acc@0.5 carry their 95 % bootstrap intervals.
+    iv = res["refcoco/testA"]["per_expression"]["intervals"]
+    assert iv["gIoU"][0] <= 0.5 <= iv["gIoU"][1] and iv["cIoU"][0] <= 0.6 <= iv["cIoU"][1]
+
+    def cell(v, key):
+        return f"{v} [{100 * iv[key][0]:.1f}, {100 * iv[key][1]:.1f}]"
+
+    assert (f"| refcoco/testA (per expression) | 3 | {cell('50.0', 'gIoU')} | "
+            f"{cell('60.0', 'cIoU')} | {cell('66.7', 'Acc@0.5')} | 33.3 |") in table
     assert "| refcoco/testA (per instance: 2 objects) | 2 | 37.5 | 50.0 | 50.0 | 25.0 |" in table
-    assert "| grefcoco/val (per expression) | 2 | 50.0 | 0.0 | – | – | 100.0 | 0.0 | 1 | 1 |" \
-        in table
+    iv = res["grefcoco/val"]["per_expression"]["intervals"]
+    assert (f"| grefcoco/val (per expression) | 2 | {cell('50.0', 'gIoU')} | "
+            f"{cell('0.0', 'cIoU')} | – | – | 100.0 | 0.0 | 1 | 1 |") in table
     with pytest.raises(ValueError, match="3 dataset names for 5 scores"):
         report(scores, names[:3])
 
