@@ -134,8 +134,11 @@ class SFTStageConfig:
     # The second pass's peak learning rate (null: `learning_rate`); it follows the cold start's
     # schedule type over its own steps.
     policy_refinement_learning_rate: float | None = None
-    # The vision tower takes no gradient in the cold start (its weights stay as loaded).
-    freeze_vision: bool = False
+    # The vision tower takes no gradient in the cold start (its weights stay as loaded); "merger":
+    # only its patch merger (the last RMSNorm and MLP, which map the tower to the language
+    # model's embeddings) is frozen, so the blocks learn while the tower's output stays on the
+    # scale the fixed MLP gives a normalized input.
+    freeze_vision: bool | str = False
     # The vision tower's learning rate as a multiple of the stage's (1: as every other weight).
     vision_lr_scale: float = 1.0
     lora: dict | None = None
@@ -310,9 +313,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def check(cfg: RunConfig, where: str) -> None:
     """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
-    wherever offset refinement is asked for; `sft.new_rows` is one of its values."""
+    wherever offset refinement is asked for; `sft.new_rows` and `sft.freeze_vision` are among
+    their values."""
     from tokens.registry import get_codec
 
+    if cfg.sft.freeze_vision not in (True, False, "merger"):
+        raise ConfigError(f"{where}.sft.freeze_vision: expected true, false or merger, got "
+                          f"{cfg.sft.freeze_vision!r}")
     if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")

@@ -54,14 +54,22 @@ def score_labelled_positions_only(enabled: bool = True) -> None:
 
 
 @contextmanager
-def vision_frozen(model, enabled: bool = True):
+def vision_frozen(model, enabled: bool | str = True):
     """Within the block the model's vision tower (`model.model.visual` or `model.visual`) takes
-    no gradient; afterwards every parameter's `requires_grad` is as it was, so a later stage
-    trained on the same model object trains the tower again."""
+    no gradient, or with `enabled="merger"` only its patch merger (`visual.merger`); afterwards
+    every parameter's `requires_grad` is as it was, so a later stage trained on the same model
+    object trains them again."""
     if not enabled:
         yield
         return
     tower = vision_tower(model)
+    if enabled == "merger":
+        tower = getattr(tower, "merger", None)
+        if tower is None:
+            raise ValueError(f"{type(model).__name__}: the vision tower has no patch merger "
+                             f"(visual.merger) to freeze")
+    elif enabled is not True:
+        raise ValueError(f"vision_frozen: expected True, False or 'merger', got {enabled!r}")
     before = [(q, q.requires_grad) for q in tower.parameters()]
     for q, _ in before:
         q.requires_grad_(False)

@@ -294,6 +294,32 @@ def test_vision_frozen_freezes_the_tower_and_restores_it(tiny_model_dirs):
             pass
 
 
+def test_vision_frozen_merger_freezes_only_the_patch_merger(tiny_model_dirs):
+    from transformers import AutoModelForImageTextToText
+
+    from rl.training import vision_frozen
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["tied"])
+    merger = {id(q) for q in model.model.visual.merger.parameters()}
+    blocks = [q for q in model.model.visual.parameters() if id(q) not in merger]
+    assert merger and blocks
+    with vision_frozen(model, "merger"):
+        for name, q in model.named_parameters():
+            assert q.requires_grad == (id(q) not in merger), name
+    assert all(q.requires_grad for q in model.parameters())
+    with pytest.raises(ValueError, match="expected True, False or 'merger'"):
+        with vision_frozen(model, "blocks"):
+            pass
+
+
+def test_freeze_vision_values_are_checked():
+    from rl.config import ConfigError, load_config
+
+    assert load_config(None, {"sft": {"freeze_vision": "merger"}}).sft.freeze_vision == "merger"
+    with pytest.raises(ConfigError, match="sft.freeze_vision: expected true, false or merger"):
+        load_config(None, {"sft": {"freeze_vision": "tower"}})
+
+
 def test_vision_lr_scale_gives_the_tower_its_own_rate(tiny_model_dirs, tmp_path):
     from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments
 
