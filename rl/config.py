@@ -68,7 +68,8 @@ class DataConfig:
                                                  "none": 0.15})
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
     # "share": every distractor shares the named object's colour or shape (reading needed);
-    # "colour": one shape in distinct colours; "any": shapes drawn at random
+    # "colour": one shape in distinct colours; "shape": one colour in distinct shapes; "any":
+    # shapes drawn at random
     # (rl.data.referring.synthetic_records).
     distractors: str = "any"
     # The image after the question in the user turn: with causal attention the image tokens

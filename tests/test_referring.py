@@ -192,6 +192,22 @@ def test_colour_distractors_leave_only_the_colour_to_read():
         list(synthetic_records(1, objects=(9, 9), distractors="colour"))
 
 
+def test_shape_distractors_leave_only_the_shape_to_read():
+    """distractors="shape" (a shape-binding probe): one colour in distinct shapes, and an
+    attribute row names the anchor by its shape."""
+    recs = list(synthetic_records(100, seed=4, objects=(2, 4), kinds={"attribute": 1.0},
+                                  distractors="shape"))
+    for r in recs:
+        scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
+        assert len({v.colour for v in scene}) == 1
+        assert len({v.shape for v in scene}) == len(scene)
+        (t,) = r.extra["targets"]
+        assert resolve(r.expression, scene) == [t]
+        assert scene[t].shape in r.expression.split()
+    with pytest.raises(ValueError, match="need 6 shapes"):
+        list(synthetic_records(1, objects=(6, 6), distractors="shape"))
+
+
 def test_random_scenes_are_unchanged_by_the_distractor_option():
     a = list(synthetic_records(10, seed=5))
     b = list(synthetic_records(10, seed=5, distractors="any"))

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distractors", default="any", choices=DISTRACTORS,
                    help="synthetic: shapes drawn at random (default), every distractor "
                         "sharing the named object's colour or shape (share: reading needed), "
-                        "or one shape in distinct colours (colour)")
+                        "one shape in distinct colours (colour), or one colour in distinct "
+                        "shapes (shape)")
     p.add_argument("--grid-size", type=int, default=32)
     p.add_argument("--decoder", default="region",
                    help='mask decoder: "region", or JSON like {"name": "sam", "variant": "vit_h", '

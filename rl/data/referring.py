@@ -32,13 +32,14 @@ from rl.data.scenes import (
     SceneObject,
     confusable_pairs,
     draw_scene,
+    same_colour_pairs,
     same_shape_pairs,
 )
 
 KINDS = ("attribute", "relation", "superlative", "multi", "none")
 DEFAULT_KIND_WEIGHTS = {"attribute": 0.4, "relation": 0.15, "superlative": 0.15, "multi": 0.15,
                         "none": 0.15}
-DISTRACTORS = ("any", "share", "colour")
+DISTRACTORS = ("any", "share", "colour", "shape")
 MARGIN = 0.05
 AREA_RATIO = 1.25
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
@@ -261,7 +262,7 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
     with `confusable_pairs` (every distractor shares the anchor's colour or shape) in a random
     drawing order, and single-target expressions name the anchor (see `make_expression`);
     "colour" likewise with `same_shape_pairs` (one shape, distinct colours: only the colour
-    tells the anchor apart).
+    tells the anchor apart); "shape" with `same_colour_pairs` (one colour, distinct shapes).
     Each record keeps every scene object's mask (`extra["objects"]`, COCO RLEs) and which of
     them the expression names (`extra["targets"]`), for referent accuracy."""
     from rewards.solution import make_solution
@@ -286,9 +287,9 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
             if kind == "multi":
                 n_obj = max(n_obj, 2)
             pairs = focus = None
-            if distractors in ("share", "colour"):
-                pairs = (confusable_pairs if distractors == "share" else same_shape_pairs)(
-                    rng, n_obj)
+            if distractors != "any":
+                pairs = {"share": confusable_pairs, "colour": same_shape_pairs,
+                         "shape": same_colour_pairs}[distractors](rng, n_obj)
                 order = [int(k) for k in rng.permutation(n_obj)]
                 pairs, focus = [pairs[k] for k in order], order.index(0)
             try:

@@ -127,6 +127,15 @@ def same_shape_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
     return [(shape, names[int(k)]) for k in rng.permutation(len(names))[:n]]
 
 
+def same_colour_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """`n` (shape, colour) pairs of one colour in distinct shapes, the anchor first: only the
+    shape tells the objects apart (a shape-binding probe's scenes)."""
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    if n > len(SHAPES):
+        raise ValueError(f"{n} objects of one colour need {n} shapes; there are {len(SHAPES)}")
+    return [(SHAPES[int(k)], colour) for k in rng.permutation(len(SHAPES))[:n]]
+
+
 def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (112, 112),
                n_objects: int = 3, min_radius: float = 0.08, max_radius: float = 0.22,
                min_visible: float = 0.5, textures: tuple[str, ...] = ("flat",),
