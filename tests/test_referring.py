@@ -176,36 +176,22 @@ def test_the_distractor_rule_holds_on_every_row():
         list(synthetic_records(1, distractors="some"))
 
 
-def test_colour_distractors_leave_only_the_colour_to_read():
-    """distractors="colour" (the binding-first curriculum): one shape in distinct colours, and
-    an attribute row names the anchor by its colour."""
+@pytest.mark.parametrize("mode,read,same,limit", [("colour", "colour", "shape", 9),
+                                                   ("shape", "shape", "colour", 6)])
+def test_one_attribute_distractors_leave_only_that_attribute_to_read(mode, read, same, limit):
+    """distractors="colour" (one shape in distinct colours) and "shape" (one colour in distinct
+    shapes): an attribute row names the anchor by the attribute that differs."""
     recs = list(synthetic_records(100, seed=4, objects=(2, 4), kinds={"attribute": 1.0},
-                                  distractors="colour"))
+                                  distractors=mode))
     for r in recs:
         scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
-        assert len({v.shape for v in scene}) == 1
-        assert len({v.colour for v in scene}) == len(scene)
+        assert len({getattr(v, same) for v in scene}) == 1
+        assert len({getattr(v, read) for v in scene}) == len(scene)
         (t,) = r.extra["targets"]
         assert resolve(r.expression, scene) == [t]
-        assert scene[t].colour in r.expression.split()
-    with pytest.raises(ValueError, match="need 9 colours"):
-        list(synthetic_records(1, objects=(9, 9), distractors="colour"))
-
-
-def test_shape_distractors_leave_only_the_shape_to_read():
-    """distractors="shape" (a shape-binding probe): one colour in distinct shapes, and an
-    attribute row names the anchor by its shape."""
-    recs = list(synthetic_records(100, seed=4, objects=(2, 4), kinds={"attribute": 1.0},
-                                  distractors="shape"))
-    for r in recs:
-        scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
-        assert len({v.colour for v in scene}) == 1
-        assert len({v.shape for v in scene}) == len(scene)
-        (t,) = r.extra["targets"]
-        assert resolve(r.expression, scene) == [t]
-        assert scene[t].shape in r.expression.split()
-    with pytest.raises(ValueError, match="need 6 shapes"):
-        list(synthetic_records(1, objects=(6, 6), distractors="shape"))
+        assert getattr(scene[t], read) in r.expression.split()
+    with pytest.raises(ValueError, match=f"need {limit} {read}s"):
+        list(synthetic_records(1, objects=(limit, limit), distractors=mode))
 
 
 def test_random_scenes_are_unchanged_by_the_distractor_option():
