@@ -116,6 +116,9 @@ class SFTStageConfig:
     refinement: bool = True
     refinement_points: int = 12  # points per simulated stage-1 answer (spec §5: K = 12)
     refinement_share: float = 1.0  # share of records with targets that get a dialogue
+    # Share of single-target records that also get a captioning row: the target's box in the
+    # question, its name as the answer (rl.data.samples.caption_row); 0: none.
+    caption_share: float = 0.0
     # A staged curriculum: the first `curriculum_steps` steps train on scenes of
     # `data.curriculum_objects` objects (each sample once), then on the training scenes, read in
     # a fixed random order (0: no curriculum, the trainer's own shuffling).
@@ -321,6 +324,10 @@ def check(cfg: RunConfig, where: str) -> None:
     if cfg.sft.freeze_vision not in (True, False, "merger"):
         raise ConfigError(f"{where}.sft.freeze_vision: expected true, false or merger, got "
                           f"{cfg.sft.freeze_vision!r}")
+    for key in ("refinement_share", "caption_share"):
+        share = getattr(cfg.sft, key)
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{where}.sft.{key}: expected a share in [0, 1], got {share!r}")
     if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")

@@ -357,6 +357,7 @@ class Pipeline:
                             refinement=cfg.sft.refinement,
                             n_points=cfg.sft.refinement_points,
                             refinement_share=cfg.sft.refinement_share,
+                            caption_share=cfg.sft.caption_share,
                             image_after_text=cfg.data.image_after_text, seed=cfg.seed)
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "

@@ -130,3 +130,10 @@ def test_a_mapping_can_replace_its_base_and_the_sjtu_baselines_load():
     assert cfg.codec_params == {"decimals": 3, "box_only": True}
     small = load_config(ROOT / "configs" / "baselines" / "sjtu_default_task.yaml")
     assert small.codec == "text_norm" and small.grpo_stage1.rewards["points"] == 0.0
+
+
+@pytest.mark.parametrize("key", ["refinement_share", "caption_share"])
+def test_sft_shares_are_checked(key):
+    assert getattr(load_config(None, {"sft": {key: 0.5}}).sft, key) == 0.5
+    with pytest.raises(ConfigError, match=rf"sft.{key}: expected a share in \[0, 1\], got 1.5"):
+        load_config(None, {"sft": {key: 1.5}})

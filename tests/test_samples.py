@@ -104,6 +104,11 @@ def test_prompt_templates_are_checked(tmp_path):
     bad.write_text("stage1: x\n")
     with pytest.raises(ValueError, match="missing keys"):
         load_prompts(bad)
+    good = tmp_path / "q.yaml"
+    good.write_text("stage1: x\nstage2: y\nthink: z\nthink_refine: w\n")
+    assert load_prompts(good)["caption"] == "Describe {region}."
+    good.write_text("stage1: x\nstage2: y\nthink: z\nthink_refine: w\ncaption: 'Name {region}'\n")
+    assert load_prompts(good)["caption"] == "Name {region}"
 
 
 def test_other_grid_sizes():
@@ -142,6 +147,45 @@ def test_refinement_share_keeps_a_part_of_the_dialogues():
                                          BuildConfig(refinement_share=0.25))]
     assert every.count("refine") == 60 and some.count("stage1") == 60
     assert 5 <= some.count("refine") <= 25
+
+
+def test_caption_rows_name_the_target_at_its_box():
+    import json
+
+    recs = list(synthetic_records(40, seed=3, objects=(2, 3)))
+    cfg = BuildConfig(caption_share=1.0, refinement=False)
+    rows = list(build_sft(recs, RegionDecoder(), PROMPTS, cfg))
+    by_id = {r.id: r for r in recs}
+    captions = [r for r in rows if r["task"] == "caption"]
+    single = [r for r in recs if len(r.extra["targets"]) == 1]
+    assert len(captions) == len(single) > 0  # multi- and no-target records get none
+    v = cfg.vocab
+    for row in captions:
+        rec = by_id[row["id"]]
+        view = json.loads(rec.extra["scene"])[rec.extra["targets"][0]]
+        assert text_of(row["completion"][0]) == f"the {view['colour']} {view['shape']}"
+        x1, y1, x2, y2 = parse_solution(rec.solution).boxes_norm[0]
+        region = f"<box>{v.point_to_token(x1, y1)}{v.point_to_token(x2, y2)}</box>"
+        assert text_of(row["prompt"][0]) == f"Describe {region}."
+        assert [p["type"] for p in row["prompt"][0]["content"]] == ["image", "text"]
+    # captions are added, nothing else changes: the other rows are a plain build's, to the byte
+    plain = list(build_sft(recs, RegionDecoder(), PROMPTS, BuildConfig(refinement_share=0.5)))
+    mixed = list(build_sft(recs, RegionDecoder(), PROMPTS,
+                           BuildConfig(refinement_share=0.5, caption_share=0.5)))
+    assert [(r["task"], r["prompt"], r["completion"]) for r in plain] == [
+        (r["task"], r["prompt"], r["completion"]) for r in mixed if r["task"] != "caption"]
+    some = [r["task"] for r in build_sft(recs, RegionDecoder(), PROMPTS,
+                                         BuildConfig(caption_share=0.3, refinement=False))]
+    assert 2 <= some.count("caption") < len(single) and some.count("stage1") == 40
+
+
+def test_caption_text_of_other_sources_is_the_expression():
+    from rl.data.common import Record
+    from rl.data.samples import caption_text
+
+    rec = Record(id="r1", source="refcoco", image=np.zeros((4, 4, 3), np.uint8),
+                 expression="man on the left", solution={}, kind="attribute")
+    assert caption_text(rec) == "man on the left"
 
 
 def test_image_after_text_puts_the_image_last_in_the_question():

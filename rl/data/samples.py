@@ -36,11 +36,14 @@ from tokens.offsets import DEFAULT_QUOTAS, refinement_example
 
 PROMPTS_FILE = Path(__file__).resolve().parents[2] / "configs" / "prompts.yaml"
 PROMPT_KEYS = ("stage1", "stage2", "think", "think_refine")
+# Templates a prompts file may leave out, with the text used then. {region} is a `<box>`.
+OPTIONAL_PROMPTS = {"caption": "Describe {region}."}
 
 
 def load_prompts(path: str | Path | None = None) -> dict[str, str]:
     """Prompt templates from YAML (default `configs/prompts.yaml`); every key of PROMPT_KEYS
-    is required and no other is accepted."""
+    is required, the keys of OPTIONAL_PROMPTS take their default text when absent, and no
+    other key is accepted."""
     path = Path(path) if path is not None else PROMPTS_FILE
     try:
         data = yaml.safe_load(path.read_text())
@@ -48,13 +51,14 @@ def load_prompts(path: str | Path | None = None) -> dict[str, str]:
         raise FileNotFoundError(f"{path}: prompt templates not found") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of prompt templates")
-    unknown, missing = set(data) - set(PROMPT_KEYS), set(PROMPT_KEYS) - set(data)
+    known = set(PROMPT_KEYS) | set(OPTIONAL_PROMPTS)
+    unknown, missing = set(data) - known, set(PROMPT_KEYS) - set(data)
     if unknown or missing:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     for key, text in data.items():
         if not isinstance(text, str):
             raise ValueError(f"{path}: {key}: expected a string template")
-    return data
+    return {**OPTIONAL_PROMPTS, **data}
 
 
 def text_part(text: str) -> dict:
@@ -84,7 +88,9 @@ class BuildConfig:
     keep all). n_points, quotas, jitter_cells: refinement data (§5); refinement_share: the
     share of records that get a refinement dialogue (1.0: every record with targets). codec:
     how stage-1 answers write the geometry (None: grid tokens of `vocab`); refinement data is
-    grid-only.
+    grid-only. caption_share: the share of single-target records that also get a captioning
+    row, the reverse task (the target's box in the question, its name as the answer; see
+    `caption_row`).
     """
 
     vocab: SpatialVocab = field(default_factory=SpatialVocab)
@@ -98,6 +104,7 @@ class BuildConfig:
     jitter_cells: float = 1.0
     refinement: bool = True
     refinement_share: float = 1.0
+    caption_share: float = 0.0
     image_after_text: bool = False
     seed: int = 0
 
@@ -156,12 +163,40 @@ def base_columns(rec: Record, image: np.ndarray) -> dict:
             "targets": json.dumps(rec.extra.get("targets", []))}
 
 
+def caption_text(rec: Record) -> str:
+    """What a captioning row answers for a single-target record: for a synthetic scene the
+    target's full name ("the red circle", from the scene kept with the record, whatever the
+    expression's kind), otherwise the record's own expression."""
+    scene, targets = rec.extra.get("scene"), rec.extra.get("targets")
+    if scene and targets and len(targets) == 1:
+        view = json.loads(scene)[targets[0]]
+        return f"the {view['colour']} {view['shape']}"
+    return rec.expression
+
+
+def caption_row(rec: Record, row: Mapping, box_norm, prompts: Mapping[str, str],
+                cfg: BuildConfig) -> dict:
+    """A captioning row (task "caption"): the question names a region by the target's box
+    corners (`<box><grid_i_j><grid_k_l></box>`) and the answer is its name (`caption_text`).
+    The reverse of grounding: the answer's words can only come from what the image shows at
+    the named cells, so every such row asks for the target's colour and shape directly."""
+    v = cfg.vocab
+    x1, y1, x2, y2 = (float(c) for c in box_norm)
+    region = f"<box>{v.point_to_token(x1, y1)}{v.point_to_token(x2, y2)}</box>"
+    question = user_turn(prompts["caption"].format(region=region), image=True,
+                         image_after_text=cfg.image_after_text)
+    return {**row, "task": "caption", "prompt": [question],
+            "completion": [assistant_turn(caption_text(rec))], "stage1": "",
+            "conversion_iou": 1.0}
+
+
 def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mapping[str, str],
               cfg: BuildConfig, skips: Skips | None = None,
               stats: BuildStats | None = None) -> Iterator[dict]:
-    """SFT rows (`prompt`/`completion` conversations) for stage 1 and, when `cfg.refinement`,
-    an offset-refinement dialogue for a share `cfg.refinement_share` of the records that have
-    targets (drawn per record)."""
+    """SFT rows (`prompt`/`completion` conversations) for stage 1; when `cfg.refinement`, an
+    offset-refinement dialogue for a share `cfg.refinement_share` of the records that have
+    targets; a captioning row for a share `cfg.caption_share` of the single-target records
+    (both drawn per record)."""
     skips = skips if skips is not None else Skips()
     stats = stats if stats is not None else BuildStats()
     v = cfg.vocab
@@ -196,6 +231,11 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
                "completion": [assistant_turn(stage1_text)], "stage1": "",
                "conversion_iou": float(min(ious)) if ious else 1.0}
         stats.count("stage1")
+        # Its own draw, so the other rows are those of a build without captions.
+        if (cfg.caption_share and len(gt) == 1
+                and np.random.default_rng([cfg.seed, n, 1]).random() < cfg.caption_share):
+            yield caption_row(rec, row, gt.boxes_norm[0], prompts, cfg)
+            stats.count("caption")
         if not cfg.refinement or not len(gt):
             continue
         if cfg.refinement_share < 1.0 and rng.random() >= cfg.refinement_share:
