@@ -10,6 +10,7 @@ inside a `Qwen2_5_VLProcessor`. It saves and reloads with `AutoProcessor` and
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def build_tiny_qwen2_5_vl(
     mrope_section: list | None = None,
     rope_factor: float | None = None,
     rope_frequencies: list | None = None,
+    vision_pretrain: dict | None = None,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
@@ -112,6 +114,10 @@ def build_tiny_qwen2_5_vl(
     scaling, every frequency divided by it (with a base below 1 the frequencies rise, so time
     gets the lowest); `rope_frequencies`: every one of the head_dim/2 rates (rad per position)
     given outright, in mrope order (overrides `rope_theta` and `rope_factor`).
+    `vision_pretrain`: the fields of `rl.vision_pretrain.TowerPretrainConfig` (steps,
+    learning_rate, batch_size, scenes, output_norm): the vision tower is trained on the
+    synthetic scenes' object colours and shapes before saving (its figures in
+    `vision_pretrain.json`); None or 0 steps: random, as the rest.
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
     import torch
@@ -172,6 +178,21 @@ def build_tiny_qwen2_5_vl(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    if vision_pretrain and vision_pretrain.get("steps", 0):
+        import dataclasses
+
+        from rl.vision_pretrain import TowerPretrainConfig, pretrain_tower
+
+        known = {f.name for f in dataclasses.fields(TowerPretrainConfig)} - {"seed"}
+        if set(vision_pretrain) - known:
+            raise ValueError(f"model.tiny.vision_pretrain: unknown keys "
+                             f"{sorted(set(vision_pretrain) - known)}; known: {sorted(known)}")
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures = pretrain_tower(model, _processor(tokenizer, image_size, spatial_merge_size),
+                                 TowerPretrainConfig(**{"seed": seed, **vision_pretrain}),
+                                 image_size)
+        (out_dir / "vision_pretrain.json").write_text(json.dumps(figures, indent=2))
     return _save_with_processor(model, tokenizer, image_size, spatial_merge_size, out_dir)
 
 
@@ -193,19 +214,24 @@ def _explicit_rope(frequencies: list, mrope_section: list, max_positions: int) -
             "original_max_position_embeddings": max_positions, "mrope_section": mrope_section}
 
 
-def _save_with_processor(model, tokenizer, image_size: int, merge_size: int,
-                         out_dir: str | Path) -> Path:
-    """Save `model` with a Qwen2.5-VL processor whose pixel budget is exactly `image_size`²
-    (so every image gives the same visual tokens) and the package's chat template."""
+def _processor(tokenizer, image_size: int, merge_size: int):
+    """A Qwen2.5-VL processor whose pixel budget is exactly `image_size`² (so every image gives
+    the same visual tokens), with the package's chat template."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixels = image_size * image_size
-    processor = Qwen2_5_VLProcessor(
+    return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels,
                                               merge_size=merge_size),
         video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels,
                                               merge_size=merge_size),
         tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def _save_with_processor(model, tokenizer, image_size: int, merge_size: int,
+                         out_dir: str | Path) -> Path:
+    """Save `model` with `_processor`'s processor."""
+    processor = _processor(tokenizer, image_size, merge_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -1,0 +1,161 @@
+"""Eyes for the tiny model: its vision tower pre-trained on the synthetic scenes' objects.
+
+A real vision-language model arrives with a pre-trained vision tower; the tiny offline one is
+random, and through the language model's loss it learns no shape in a cold start's budget
+(asked "Describe <box>…</box>." after 3,000 steps with captioning rows, it named the shape at the
+box 0.26 of the time, the colour 0.85; README, "Binding a word to an object"). This trains the
+tower alone, as a model-building step before the spatial vocabulary is added: a linear head
+reads the colour and the shape of every object of a scene from the coverage-weighted mean of the
+visual tokens the object covers (tokens covered at least a quarter; the most-covered one when
+none is), with a cross-entropy for each, by a `transformers.Trainer`. The head is then dropped
+and the patch merger's last layer scaled so the visual tokens' mean norm is `output_norm` (the
+trained tower's tokens are ~15 against ~0.2 for the word embeddings at initialization).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl.data.scenes import COLOURS, SHAPES
+
+MIN_COVER = 0.25
+
+
+@dataclass
+class TowerPretrainConfig:
+    """steps: optimizer steps (0: no pre-training); scenes: distinct training scenes (2-4
+    objects, every distractor sharing a colour or a shape with another object), read in passes;
+    output_norm: the visual tokens' mean norm after scaling (null: left as trained)."""
+
+    steps: int = 0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    scenes: int = 3000
+    output_norm: float | None = 1.0
+    seed: int = 0
+
+
+def object_examples(n: int, seed: int, image_size: int, tokens_per_side: int) -> list[dict]:
+    """`n` synthetic scenes as training examples: the image, and per object its colour and
+    shape indices and its pooling weights over the scene's visual tokens (raster order)."""
+    from pycocotools import mask as mask_utils
+
+    from rl.data.referring import synthetic_records
+
+    cell = image_size // tokens_per_side
+    colours = list(COLOURS)
+    out = []
+    for rec in synthetic_records(n, seed, image_size, (2, 4), {"attribute": 1.0},
+                                 distractors="share"):
+        views = json.loads(rec.extra["scene"])
+        rles = [{"size": r["size"], "counts": r["counts"].encode()}
+                for r in json.loads(rec.extra["objects"])]
+        masks = mask_utils.decode(rles).transpose(2, 0, 1)[:, :cell * tokens_per_side,
+                                                           :cell * tokens_per_side]
+        cover = masks.reshape(len(views), tokens_per_side, cell, tokens_per_side, cell)
+        cover = cover.mean(axis=(2, 4)).reshape(len(views), -1)
+        weights = np.where(cover >= MIN_COVER, cover, 0.0)
+        for k in np.flatnonzero(weights.sum(axis=1) == 0):  # a sliver: its best token
+            weights[k, cover[k].argmax()] = cover[k].max()
+        out.append({"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
+                    "shape": [SHAPES.index(v["shape"]) for v in views],
+                    "colour": [colours.index(v["colour"]) for v in views]})
+    return out
+
+
+class ObjectAttributes:
+    """Collator: images through the processor, the per-object pooling weights as one block
+    matrix over the batch's visual tokens, and the labels."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        inputs = self.image_processor(images=[b["image"] for b in batch], return_tensors="pt")
+        sizes = [b["pool"].shape[1] for b in batch]
+        pool = torch.zeros(sum(len(b["shape"]) for b in batch), sum(sizes))
+        row = col = 0
+        for b, size in zip(batch, sizes, strict=True):
+            pool[row:row + len(b["shape"]), col:col + size] = torch.from_numpy(b["pool"])
+            row, col = row + len(b["shape"]), col + size
+        return {"pixel_values": inputs["pixel_values"],
+                "image_grid_thw": inputs["image_grid_thw"], "pool": pool,
+                "shape": torch.tensor([s for b in batch for s in b["shape"]]),
+                "colour": torch.tensor([c for b in batch for c in b["colour"]])}
+
+
+def _tower_with_head(visual):
+    import torch
+    from torch import nn
+
+    class TowerWithHead(nn.Module):
+        """The vision tower and a linear colour + shape head on pooled object tokens."""
+
+        def __init__(self):
+            super().__init__()
+            self.visual = visual
+            self.head = nn.Linear(visual.merger.mlp[-1].out_features, len(SHAPES) + len(COLOURS))
+
+        def tokens(self, pixel_values, image_grid_thw):
+            return self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
+
+        def forward(self, pixel_values, image_grid_thw, pool, shape, colour):
+            logits = self.head(pool @ self.tokens(pixel_values, image_grid_thw))
+            ce = nn.functional.cross_entropy
+            loss = ce(logits[:, :len(SHAPES)], shape) + ce(logits[:, len(SHAPES):], colour)
+            return {"loss": loss, "logits": logits}
+
+        @torch.no_grad()
+        def accuracy(self, batch) -> dict:
+            logits = self(**batch)["logits"]
+            return {"shape": float((logits[:, :len(SHAPES)].argmax(1) == batch["shape"])
+                                   .float().mean()),
+                    "colour": float((logits[:, len(SHAPES):].argmax(1) == batch["colour"])
+                                    .float().mean())}
+
+    return TowerWithHead()
+
+
+def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) -> dict:
+    """Train `model`'s vision tower in place (see the module docstring); `processor` takes
+    images of `image_size`² pixels. Returns the held-out
+    colour and shape accuracy of the head before and after (300 scenes of their own seed), the
+    tokens' mean norm before scaling, and the training loss history."""
+    import tempfile
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    vision = model.config.vision_config
+    side = image_size // (vision.patch_size * vision.spatial_merge_size)
+    collate = ObjectAttributes(processor.image_processor)
+    train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side)
+    held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side))
+    net = _tower_with_head(model.model.visual)
+    before = net.accuracy(held_out)
+    work_dir = tempfile.TemporaryDirectory(prefix="vision_pretrain_")  # the Trainer's scratch
+    args = TrainingArguments(output_dir=work_dir.name, max_steps=cfg.steps,
+                             per_device_train_batch_size=cfg.batch_size,
+                             learning_rate=cfg.learning_rate, lr_scheduler_type="constant",
+                             weight_decay=0.0, logging_steps=max(1, cfg.steps // 10),
+                             save_strategy="no", report_to=[], seed=cfg.seed,
+                             remove_unused_columns=False, disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=net, args=args, train_dataset=train, data_collator=collate)
+    trainer.train()
+    work_dir.cleanup()
+    after = net.accuracy(held_out)
+    with torch.no_grad():
+        norm = float(net.tokens(held_out["pixel_values"], held_out["image_grid_thw"])
+                     .norm(dim=-1).mean())
+        if cfg.output_norm is not None:
+            last = model.model.visual.merger.mlp[-1]
+            last.weight.mul_(cfg.output_norm / norm)
+            last.bias.mul_(cfg.output_norm / norm)
+    return {"held_out_before": before, "held_out_after": after, "token_norm_trained": norm,
+            "output_norm": cfg.output_norm,
+            "loss": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
