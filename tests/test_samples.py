@@ -179,6 +179,36 @@ def test_caption_rows_name_the_target_at_its_box():
     assert 2 <= some.count("caption") < len(single) and some.count("stage1") == 40
 
 
+def test_scene_think_lists_every_object_left_to_right_with_its_box():
+    import json
+    import re
+
+    from rl.data.common import Record
+    from rl.data.samples import scene_text
+
+    recs = list(synthetic_records(6, seed=5, objects=(2, 4), distractors="share"))
+    prompts = {**PROMPTS, "think": "{scene}"}
+    rows = [r for r in build_sft(recs, RegionDecoder(), prompts, BuildConfig(refinement=False))]
+    v = SpatialVocab()
+    entry = re.compile(r"([a-z]+) ([a-z]+) <box>(<grid_\d+_\d+><grid_\d+_\d+>)</box>")
+    for rec, row in zip(recs, rows, strict=True):
+        views = sorted(json.loads(rec.extra["scene"]), key=lambda o: (o["cx"], o["cy"]))
+        think = text_of(row["completion"][0]).split("<think>")[1].split("</think>")[0]
+        entries = entry.findall(think)
+        assert " ".join(f"{c} {s} <box>{b}</box>" for c, s, b in entries) == think
+        assert [(c, s) for c, s, _ in entries] == [(o["colour"], o["shape"]) for o in views]
+        # the target's entry carries the very box the answer writes
+        answer = parse_answer(text_of(row["completion"][0]), v)
+        for inst in answer.instances:
+            box = "".join(v.point_to_token(*inst.box[k:k + 2]) for k in (0, 2))
+            assert box in [b for _, _, b in entries]
+    assert scene_text(recs[0], v) in text_of(rows[0]["completion"][0])
+    other = Record(id="ref-7", source="refcoco", image=np.zeros((4, 4, 3), np.uint8),
+                   expression="man", solution={}, kind="attribute")
+    with pytest.raises(ValueError, match=r"ref-7: the think template asks for \{scene\}"):
+        scene_text(other, v)
+
+
 def test_caption_text_of_other_sources_is_the_expression():
     from rl.data.common import Record
     from rl.data.samples import caption_text

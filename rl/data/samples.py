@@ -163,6 +163,26 @@ def base_columns(rec: Record, image: np.ndarray) -> dict:
             "targets": json.dumps(rec.extra.get("targets", []))}
 
 
+def scene_text(rec: Record, vocab: SpatialVocab) -> str:
+    """Every object of a synthetic scene, left to right: its name and its box
+    (`red circle <box><grid_i_j><grid_k_l></box>`, space-separated). What a `{scene}` in the
+    think template writes: an inventory the answer can pick its object from by the words."""
+    from pycocotools import mask as mask_utils
+
+    scene, objects = rec.extra.get("scene"), rec.extra.get("objects")
+    if not scene or not objects:
+        raise ValueError(f"{rec.id}: the think template asks for {{scene}}, which only "
+                         f"synthetic records carry (extra 'scene' and 'objects')")
+    entries = []
+    for view, rle in zip(json.loads(scene), json.loads(objects), strict=True):
+        x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()})
+        H, W = rle["size"]
+        region = (f"<box>{vocab.point_to_token(x / W, y / H)}"
+                  f"{vocab.point_to_token((x + w) / W, (y + h) / H)}</box>")
+        entries.append((view["cx"], view["cy"], f"{view['colour']} {view['shape']} {region}"))
+    return " ".join(text for _, _, text in sorted(entries))
+
+
 def caption_text(rec: Record) -> str:
     """What a captioning row answers for a single-target record: for a synthetic scene the
     target's full name ("the red circle", from the scene kept with the record, whatever the
@@ -224,7 +244,9 @@ def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mappin
         instances = [codec.target_instance(tuple(float(c) for c in gt.boxes_norm[k]),
                                            r.points(v), masks[k])
                      for k, r in enumerate(results)]
-        think = prompts["think"].format(expression=rec.expression)
+        think = prompts["think"].format(
+            expression=rec.expression,
+            **({"scene": scene_text(rec, v)} if "{scene}" in prompts["think"] else {}))
         stage1_text = codec.serialize_answer(instances, think=think)
         row = base_columns(rec, image)
         yield {**row, "task": "stage1", "prompt": [cfg.question(prompts, rec.expression)],
