@@ -1,0 +1,182 @@
+"""What a checkpoint reads and sees, on fresh synthetic scenes (README, "Binding a word to an
+object"). Three questions, each a subcommand:
+
+- `attributes`: on attribute rows of scenes of the default's kind, which object the model picks,
+  split by what tells the named object apart (only its colour, only its shape, both), and by
+  the number of objects;
+- `captions`: asked "Describe <box>…</box>." (the prompts file's `caption` template) for each
+  single-target row's object, how often the answer names its colour and its shape, with the
+  shape confusion table;
+- `inventory`: for a model trained with `think: "{scene}"`, how well its think lists the
+  scene's objects (count, names, boxes) and whether its answer copies the entry the expression
+  names.
+
+    python -m rl.diagnose attributes runs/default [--stage sft] [--n 400]
+    python -m rl.diagnose captions runs/x --objects 2 4
+    python -m rl.diagnose inventory runs/x --objects 2 2 --distractors shape
+
+Scenes come from seed `data.seed + 2,000,014` (neither training, held-out nor validation) and
+carry attribute rows only. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from rl.data.common import Record
+
+SEED_OFFSET = 2_000_014
+ENTRY_RE = re.compile(r"([a-z]+) ([a-z]+) <box>(<grid_\d+_\d+><grid_\d+_\d+>)</box>")
+
+
+def telling_attribute(rec: Record) -> str:
+    """What tells a single-target record's named object apart from the others of its scene:
+    "colour" (every other object has its shape), "shape" (every other has its colour) or
+    "both"."""
+    views = json.loads(rec.extra["scene"])
+    target = views[rec.extra["targets"][0]]
+    others = [v for k, v in enumerate(views) if k != rec.extra["targets"][0]]
+    if all(o["shape"] == target["shape"] for o in others):
+        return "colour"
+    if all(o["colour"] == target["colour"] for o in others):
+        return "shape"
+    return "both"
+
+
+def attribute_table(recs: Sequence[Record], picked: Sequence[int | None]) -> dict:
+    """Share of rows whose picked object is the named one, by what tells it apart and by
+    object count; `picked`: the object each prediction picks (`rl.metrics.picked_object`)."""
+    right, total = Counter(), Counter()
+    for rec, k in zip(recs, picked, strict=True):
+        keys = [f"needs {telling_attribute(rec)}", f"{rec.extra['num_objects']} objects"]
+        for key in keys:
+            total[key] += 1
+            right[key] += int(k == rec.extra["targets"][0])
+    return {key: {"right": right[key] / total[key], "rows": total[key]} for key in sorted(total)}
+
+
+def caption_table(recs: Sequence[Record], answers: Sequence[str]) -> dict:
+    """How often each answer names the object's colour, its shape, and both; shape confusions
+    (wanted -> answered, "?" for none) as "want -> got" counts."""
+    from rl.data.samples import caption_text
+
+    colour = shape = both = 0
+    confusion = Counter()
+    for rec, answer in zip(recs, answers, strict=True):
+        _, want_colour, want_shape = caption_text(rec).split()
+        words = answer.split()
+        c, s = want_colour in words, want_shape in words
+        colour, shape, both = colour + c, shape + s, both + (c and s)
+        got = words[2] if len(words) > 2 else "?"
+        confusion[f"{want_shape} -> {got}"] += 1
+    n = max(len(recs), 1)
+    return {"colour": colour / n, "shape": shape / n, "both": both / n, "rows": len(recs),
+            "shape_confusion": dict(sorted(confusion.items()))}
+
+
+def inventory_table(recs: Sequence[Record], outputs: Sequence[str], vocab) -> dict:
+    """For answers whose think lists the scene (`rl.data.samples.scene_text`): the share with
+    the right number of entries and with every name right; per entry, colour, shape and box
+    right; the share of answers whose first box is one of its entries' boxes, and the entry
+    whose words are all in the expression."""
+    from rl.data.samples import scene_text
+    from tokens import parse_answer
+
+    count = names = entries = colour = shape = box = copied = named = 0
+    for rec, out in zip(recs, outputs, strict=True):
+        want = ENTRY_RE.findall(scene_text(rec, vocab))
+        got = ENTRY_RE.findall(out.split("</think>")[0])
+        count += len(got) == len(want)
+        names += [g[:2] for g in got] == [w[:2] for w in want]
+        for g, w in zip(got, want, strict=False):
+            entries += 1
+            colour += g[0] == w[0]
+            shape += g[1] == w[1]
+            box += g[2] == w[2]
+        answer = parse_answer(out, vocab)
+        first = answer.instances[0].box if answer.instances else None
+        if first is None:
+            continue
+        written = "".join(vocab.point_to_token(*first[k:k + 2]) for k in (0, 2))
+        match = [g for g in got if g[2] == written]
+        copied += bool(match)
+        words = set(rec.expression.split()) - {"the", "shape"}
+        named += bool(match) and words <= set(match[0][:2])
+    n, e = max(len(recs), 1), max(entries, 1)
+    return {"entries_counted_right": count / n, "all_names_right": names / n,
+            "entry_colour": colour / e, "entry_shape": shape / e, "entry_box_exact": box / e,
+            "answer_copies_an_entry": copied / n, "answer_copies_the_named_entry": named / n,
+            "rows": len(recs)}
+
+
+def _scenes(cfg, n: int, objects, distractors: str) -> list[Record]:
+    from rl.data.referring import synthetic_records
+
+    return list(synthetic_records(n, cfg.data.seed + SEED_OFFSET, cfg.data.image_size,
+                                  tuple(objects), {"attribute": 1.0}, tuple(cfg.data.textures),
+                                  distractors=distractors))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rl.config import load_config
+    from rl.context import RunContext
+    from rl.data.samples import BuildConfig, base_columns, build_grpo_stage1, caption_row
+    from rl.evaluate import EvalSettings, generate, masks_for, predict_and_score, scene_objects
+    from rl.metrics import picked_object
+
+    p = argparse.ArgumentParser(prog="python -m rl.diagnose", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["attributes", "captions", "inventory"])
+    p.add_argument("run", help="a run folder (config.json and the stage's checkpoint)")
+    p.add_argument("--stage", default="sft")
+    p.add_argument("--n", type=int, default=400, help="scenes")
+    p.add_argument("--objects", type=int, nargs=2, default=None,
+                   help="objects per scene (default: the run's data.objects)")
+    p.add_argument("--distractors", default="share")
+    p.add_argument("--max-new-tokens", type=int, default=90)
+    args = p.parse_args(argv)
+
+    cfg = load_config(f"{args.run}/config.json")
+    model_dir = f"{args.run}/{args.stage}"
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    ctx = RunContext.from_config(cfg, processor)
+    build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec,
+                        image_after_text=cfg.data.image_after_text)
+    recs = _scenes(cfg, args.n, args.objects or cfg.data.objects, args.distractors)
+    recs = [r for r in recs if len(r.extra["targets"]) == 1]
+    if args.what == "captions":
+        from rewards.solution import parse_solution
+
+        rows = [caption_row(r, base_columns(r, r.image), parse_solution(r.solution).boxes_norm[0],
+                            ctx.prompts, build) for r in recs]
+        answers = generate(model, processor, [r["prompt"] for r in rows],
+                           [r["image"] for r in rows], 8)
+        result = caption_table(recs, answers)
+    else:
+        rows = list(build_grpo_stage1(recs, ctx.prompts, build))
+        if args.what == "inventory":
+            outputs = generate(model, processor, [r["prompt"] for r in rows],
+                               [r["image"] for r in rows], args.max_new_tokens)
+            result = inventory_table(recs, outputs, ctx.vocab)
+        else:
+            preds, _ = predict_and_score(model, rows, ctx,
+                                         EvalSettings(0, args.max_new_tokens, 64))
+            size = (cfg.data.image_size,) * 2
+            picked = [picked_object(masks_for(ctx.decoder(), row["image"], pred.instances, size),
+                                    scene_objects(row["objects"], row["targets"], rec.id)[0])
+                      for rec, row, pred in zip(recs, rows, preds, strict=True)]
+            result = attribute_table(recs, picked)
+    result = {"run": args.run, "stage": args.stage, "what": args.what, **result}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+
+from rl.data.common import Record
+from rl.data.referring import scene_json, synthetic_records
+from rl.data.samples import caption_text, scene_text
+from rl.data.scenes import SceneObject
+from rl.diagnose import attribute_table, caption_table, inventory_table, telling_attribute
+from tokens import SpatialVocab, serialize_answer
+from tokens.answer import Instance
+
+
+def _scene(names, target=0):
+    objs = []
+    for k, (colour, shape) in enumerate(names):
+        m = np.zeros((112, 112), bool)
+        m[10:30, 10 + 25 * k:30 + 25 * k] = True
+        objs.append(SceneObject(shape, colour, m, (10 + 25 * k, 10, 30 + 25 * k, 30)))
+    return Record(id=f"s{len(names)}", source="synthetic", image=np.zeros((112, 112, 3), np.uint8),
+                  expression="the x", solution={}, kind="attribute",
+                  extra={"scene": scene_json(objs), "targets": [target],
+                         "num_objects": len(objs)})
+
+
+def test_what_tells_the_named_object_apart():
+    assert telling_attribute(_scene([("red", "circle"), ("blue", "circle")])) == "colour"
+    assert telling_attribute(_scene([("red", "circle"), ("red", "star")])) == "shape"
+    assert telling_attribute(_scene([("red", "circle"), ("red", "star"),
+                                     ("blue", "circle")])) == "both"
+
+
+def test_attribute_table_counts_the_named_object_only():
+    recs = [_scene([("red", "circle"), ("blue", "circle")]),           # colour, picked right
+            _scene([("red", "circle"), ("red", "star")], target=1),    # shape, picked other
+            _scene([("red", "circle"), ("red", "star"), ("blue", "circle")])]  # both, none
+    table = attribute_table(recs, [0, 0, None])
+    assert table["needs colour"] == {"right": 1.0, "rows": 1}
+    assert table["needs shape"] == {"right": 0.0, "rows": 1}
+    assert table["needs both"] == {"right": 0.0, "rows": 1}
+    assert table["2 objects"] == {"right": 0.5, "rows": 2}
+
+
+def test_caption_table_by_hand():
+    recs = [_scene([("red", "circle"), ("blue", "star")]),
+            _scene([("red", "circle"), ("blue", "star")], target=1)]
+    assert [caption_text(r) for r in recs] == ["the red circle", "the blue star"]
+    table = caption_table(recs, ["the red circle", "the red square"])
+    assert (table["colour"], table["shape"], table["both"]) == (0.5, 0.5, 0.5)
+    assert table["shape_confusion"] == {"circle -> circle": 1, "star -> square": 1}
+
+
+def test_inventory_table_of_perfect_and_wrong_answers():
+    v = SpatialVocab()
+    recs = [r for r in synthetic_records(8, seed=5, objects=(2, 3), kinds={"attribute": 1.0},
+                                         distractors="share")]
+
+    def answer(rec, k):
+        from pycocotools import mask as mask_utils
+
+        rle = json.loads(rec.extra["objects"])[k]
+        x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()})
+        H, W = rle["size"]
+        box = (x / W, y / H, (x + w) / W, (y + h) / H)
+        return serialize_answer([Instance(box=box)], think=scene_text(rec, v), vocab=v)
+
+    right = [answer(r, r.extra["targets"][0]) for r in recs]
+    table = inventory_table(recs, right, v)
+    assert table["entries_counted_right"] == table["all_names_right"] == 1.0
+    assert table["entry_box_exact"] == 1.0
+    assert table["answer_copies_an_entry"] == table["answer_copies_the_named_entry"] == 1.0
+    wrong = [answer(r, 1 - r.extra["targets"][0] if r.extra["targets"][0] < 2 else 0)
+             for r in recs]
+    table = inventory_table(recs, wrong, v)
+    assert table["answer_copies_an_entry"] == 1.0 and table["answer_copies_the_named_entry"] == 0.0
+    assert inventory_table(recs[:1], ["garbage"], v)["answer_copies_an_entry"] == 0.0
+
+
+@pytest.mark.parametrize("what", ["attributes", "captions", "inventory"])
+def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
+    import shutil
+
+    from rl.config import load_config, to_dict
+    from rl.diagnose import main
+
+    run = tmp_path / "run"
+    shutil.copytree(grid8_model, run / "sft")
+    cfg = load_config(None, {"model": {"grid_size": 8}, "output_dir": str(run)})
+    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    result = main([what, str(run), "--n", "4", "--objects", "2", "2", "--max-new-tokens", "8"])
+    assert result["what"] == what
+    if what == "attributes":
+        assert sum(v["rows"] for k, v in result.items()
+                   if isinstance(v, dict) and k.startswith("needs")) == 4
+    else:
+        assert result["rows"] == 4
