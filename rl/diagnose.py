@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from rl.data.common import Record
 
 SEED_OFFSET = 2_000_014
-ENTRY_RE = re.compile(r"([a-z]+) ([a-z]+) <box>(<grid_\d+_\d+><grid_\d+_\d+>)</box>")
+ENTRY_RE = re.compile(r"([a-z]+) ([a-z]+) (<box><grid_\d+_\d+><grid_\d+_\d+></box>)")
 
 
 def telling_attribute(rec: Record) -> str:
@@ -83,7 +83,7 @@ def inventory_table(recs: Sequence[Record], outputs: Sequence[str], vocab) -> di
     the right number of entries and with every name right; per entry, colour, shape and box
     right; the share of answers whose first box is one of its entries' boxes, and the entry
     whose words are all in the expression."""
-    from rl.data.samples import scene_text
+    from rl.data.samples import region_text, scene_text
     from tokens import parse_answer
 
     count = names = entries = colour = shape = box = copied = named = 0
@@ -101,7 +101,7 @@ def inventory_table(recs: Sequence[Record], outputs: Sequence[str], vocab) -> di
         first = answer.instances[0].box if answer.instances else None
         if first is None:
             continue
-        written = "".join(vocab.point_to_token(*first[k:k + 2]) for k in (0, 2))
+        written = region_text(vocab, first)
         match = [g for g in got if g[2] == written]
         copied += bool(match)
         words = set(rec.expression.split()) - {"the", "shape"}
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from rl.config import load_config
     from rl.context import RunContext
     from rl.data.samples import BuildConfig, base_columns, build_grpo_stage1, caption_row
-    from rl.evaluate import EvalSettings, generate, masks_for, predict_and_score, scene_objects
+    from rl.evaluate import EvalSettings, generate, masks_for, predict, scene_objects
     from rl.metrics import picked_object
 
     p = argparse.ArgumentParser(prog="python -m rl.diagnose", description=__doc__,
@@ -166,10 +166,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                [r["image"] for r in rows], args.max_new_tokens)
             result = inventory_table(recs, outputs, ctx.vocab)
         else:
-            preds, _ = predict_and_score(model, rows, ctx,
-                                         EvalSettings(0, args.max_new_tokens, 64))
-            size = (cfg.data.image_size,) * 2
-            picked = [picked_object(masks_for(ctx.decoder(), row["image"], pred.instances, size),
+            images = [r["image"] for r in rows]
+            preds = predict(model, [r["prompt"] for r in rows], images, ctx,
+                            EvalSettings(0, args.max_new_tokens, 64))
+            size, decoder = (cfg.data.image_size,) * 2, ctx.decoder()
+            picked = [picked_object(masks_for(decoder, row["image"], pred.instances, size),
                                     scene_objects(row["objects"], row["targets"], rec.id)[0])
                       for rec, row, pred in zip(recs, rows, preds, strict=True)]
             result = attribute_table(recs, picked)

@@ -163,6 +163,12 @@ def base_columns(rec: Record, image: np.ndarray) -> dict:
             "targets": json.dumps(rec.extra.get("targets", []))}
 
 
+def region_text(vocab: SpatialVocab, box) -> str:
+    """A normalized (x1, y1, x2, y2) box as answers write it: `<box><grid_i_j><grid_k_l></box>`."""
+    x1, y1, x2, y2 = (float(c) for c in box)
+    return f"<box>{vocab.point_to_token(x1, y1)}{vocab.point_to_token(x2, y2)}</box>"
+
+
 def scene_text(rec: Record, vocab: SpatialVocab) -> str:
     """Every object of a synthetic scene, left to right: its name and its box
     (`red circle <box><grid_i_j><grid_k_l></box>`, space-separated). What a `{scene}` in the
@@ -177,8 +183,7 @@ def scene_text(rec: Record, vocab: SpatialVocab) -> str:
     for view, rle in zip(json.loads(scene), json.loads(objects), strict=True):
         x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()})
         H, W = rle["size"]
-        region = (f"<box>{vocab.point_to_token(x / W, y / H)}"
-                  f"{vocab.point_to_token((x + w) / W, (y + h) / H)}</box>")
+        region = region_text(vocab, (x / W, y / H, (x + w) / W, (y + h) / H))
         entries.append((view["cx"], view["cy"], f"{view['colour']} {view['shape']} {region}"))
     return " ".join(text for _, _, text in sorted(entries))
 
@@ -200,10 +205,8 @@ def caption_row(rec: Record, row: Mapping, box_norm, prompts: Mapping[str, str],
     corners (`<box><grid_i_j><grid_k_l></box>`) and the answer is its name (`caption_text`).
     The reverse of grounding: the answer's words can only come from what the image shows at
     the named cells, so every such row asks for the target's colour and shape directly."""
-    v = cfg.vocab
-    x1, y1, x2, y2 = (float(c) for c in box_norm)
-    region = f"<box>{v.point_to_token(x1, y1)}{v.point_to_token(x2, y2)}</box>"
-    question = user_turn(prompts["caption"].format(region=region), image=True,
+    question = user_turn(prompts["caption"].format(region=region_text(cfg.vocab, box_norm)),
+                         image=True,
                          image_after_text=cfg.image_after_text)
     return {**row, "task": "caption", "prompt": [question],
             "completion": [assistant_turn(caption_text(rec))], "stage1": "",
