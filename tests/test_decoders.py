@@ -46,6 +46,17 @@ def test_grid_points_follow_token_order():
     assert pts.tolist() == [[25, 12.5], [25, 37.5], [75, 12.5], [75, 37.5]]
 
 
+def test_grid_points_are_the_cell_centres_and_fresh_copies():
+    v = SpatialVocab(grid_size=32)
+    pts, cells = grid_points_px(v, 112, 96)
+    want = np.array([v.cell_center(i, j) for i, j in cells]) * np.array([112.0, 96.0])
+    assert np.array_equal(pts, want)  # bit for bit, as the per-cell formula
+    pts[:] = -1  # a caller's change does not reach the kept table
+    cells.clear()
+    again, cells_again = grid_points_px(v, 112, 96)
+    assert np.array_equal(again, want) and len(cells_again) == 32 * 32
+
+
 def test_proposals_validate_shapes():
     with pytest.raises(ValueError, match=r"\(K, H, W\)"):
         MaskProposals(np.zeros((4, 4), bool), [])

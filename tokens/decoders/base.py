@@ -10,6 +10,7 @@ once, and batches prompts of the same shape into one forward pass.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -60,9 +61,17 @@ MAX_PROMPT_POINTS = 64
 
 def grid_points_px(vocab: SpatialVocab, width: int, height: int) -> tuple[np.ndarray, list]:
     """Pixel coordinates (G², 2) as (x, y) of every cell centre, and the cells in the same
-    order (column-major, the order of `vocab.grid_tokens()`)."""
-    cells = [(i, j) for i in range(vocab.grid_size) for j in range(vocab.grid_size)]
-    pts = np.array([vocab.cell_center(i, j) for i, j in cells], dtype=np.float64)
+    order (column-major, the order of `vocab.grid_tokens()`). Fresh copies of a table kept per
+    (grid size, width, height): every scene of a data build asks for the same one."""
+    pts, cells = _grid_points_px(vocab.grid_size, int(width), int(height))
+    return pts.copy(), list(cells)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_points_px(grid_size: int, width: int, height: int) -> tuple[np.ndarray, tuple]:
+    cells = tuple((i, j) for i in range(grid_size) for j in range(grid_size))
+    centre = (np.arange(grid_size, dtype=np.float64) + 0.5) / grid_size
+    pts = np.stack([np.repeat(centre, grid_size), np.tile(centre, grid_size)], axis=1)
     return pts * np.array([width, height], dtype=np.float64), cells
 
 
