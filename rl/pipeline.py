@@ -74,6 +74,18 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
             f"{diff[:600]}). Use another output_dir, or remove {out} to start over.")
 
 
+def data_workers(cfg: RunConfig) -> int:
+    """Processes that build synthetic scenes and SFT rows (rl.data.parallel): the run's CPU
+    threads, or the cores this process may use divided among the local processes."""
+    return int(cfg.cpu_threads) if cfg.cpu_threads else local_cores()
+
+
+def local_cores() -> int:
+    """The cores this process may use, divided among the local processes of the launch."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+
+
 def set_cpu_threads(threads: int | None) -> None:
     """On a CPU run, use `threads` torch threads (None: the cores this process may use,
     divided among the local processes)."""
@@ -82,10 +94,7 @@ def set_cpu_threads(threads: int | None) -> None:
 
     if torch.cuda.is_available():
         return
-    if threads is None:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        threads = max(1, len(os.sched_getaffinity(0)) // max(local, 1))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(local_cores() if threads is None else threads)
 
 
 # Synthetic scenes of each split come from their own seed (data.seed + this): training,
@@ -98,6 +107,7 @@ def records(cfg: RunConfig, split: str):
     """Training, held-out or validation records: synthetic (each split from its own seed) or
     rows from `python -m rl.data --build rows` (no validation split)."""
     from rl.data.common import Record
+    from rl.data.parallel import in_processes
     from rl.data.referring import synthetic_records
 
     d = cfg.data
@@ -115,8 +125,11 @@ def records(cfg: RunConfig, split: str):
                 kinds = {k: w for k, w in kinds.items() if k not in ("relation", "multi")}
         n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples,
              "curriculum": curriculum_scenes(cfg.sft)}[split]
-        return list(synthetic_records(n, seed, d.image_size, tuple(objects), kinds,
-                                      tuple(d.textures), distractors=distractors))
+        return in_processes(
+            lambda lo, hi: list(synthetic_records(hi - lo, seed, d.image_size, tuple(objects),
+                                                  kinds, tuple(d.textures),
+                                                  distractors=distractors, start=lo)),
+            n, data_workers(cfg))
     from datasets import load_from_disk
 
     if split in ("validation", "curriculum"):
@@ -338,7 +351,7 @@ class Pipeline:
         from datasets import Dataset
         from transformers import AutoProcessor
 
-        from rl.data.samples import BuildConfig, build_grpo_stage1, build_sft
+        from rl.data.samples import BuildConfig, build_grpo_stage1
         from rl.grpo import run_grpo
         from rl.models import load_model, prepare_model
         from rl.train_sft import run_sft
@@ -378,7 +391,7 @@ class Pipeline:
             current, model = Path(sft.checkpoint), None
         elif sft.enabled:
             def train_sft(model):
-                rows = list(build_sft(train, self.decoder(), self.prompts, build))
+                rows = self._build_sft(train, build)
                 stage, hist = sft, []
                 if sft.curriculum_steps and sft.curriculum_restart:
                     if sft.curriculum_steps >= sft.max_steps:
@@ -524,10 +537,19 @@ class Pipeline:
     def _curriculum_rows(self, build) -> list[dict]:
         """The curriculum's SFT rows (`records(cfg, "curriculum")`, built as the training
         scenes are)."""
+
+        return self._build_sft(records(self.cfg, "curriculum"), build)
+
+    def _build_sft(self, recs: list, build) -> list[dict]:
+        """The SFT rows of `recs` (rl.data.samples.build_sft), built over `data_workers`
+        processes: the rows one process would build, in the same order."""
+        from rl.data.parallel import in_processes
         from rl.data.samples import build_sft
 
-        return list(build_sft(records(self.cfg, "curriculum"), self.decoder(), self.prompts,
-                              build))
+        decoder = self.decoder()
+        return in_processes(lambda lo, hi: list(build_sft(recs[lo:hi], decoder, self.prompts,
+                                                          build, start=lo)),
+                            len(recs), data_workers(self.cfg))
 
     def _curriculum_scenes_label(self) -> str:
         d = self.cfg.data

@@ -255,8 +255,9 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                       kinds: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
                       textures: tuple[str, ...] = ("flat", "noise", "stripes"),
                       min_radius: float = 0.12, max_radius: float = 0.25,
-                      distractors: str = "any"):
-    """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only).
+                      distractors: str = "any", start: int = 0):
+    """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only):
+    records `start` .. `start + n - 1` of the sequence (rl.data.parallel builds ranges apart).
 
     distractors: "any" draws each scene's (shape, colour) pairs at random; "share" draws them
     with `confusable_pairs` (every distractor shares the anchor's colour or shape) in a random
@@ -277,7 +278,7 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
     weights = np.array([kinds[k] for k in names], dtype=np.float64)
     if not names:
         raise ValueError("kinds needs at least one positive weight")
-    for i in range(n):
+    for i in range(start, start + n):
         rng = np.random.default_rng([seed, i])
         kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         # Keep the drawn kind (so the mix is what was asked for) and redraw the scene until it

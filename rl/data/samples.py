@@ -215,17 +215,18 @@ def caption_row(rec: Record, row: Mapping, box_norm, prompts: Mapping[str, str],
 
 def build_sft(records: Iterable[Record], proposer: MaskProposer, prompts: Mapping[str, str],
               cfg: BuildConfig, skips: Skips | None = None,
-              stats: BuildStats | None = None) -> Iterator[dict]:
+              stats: BuildStats | None = None, start: int = 0) -> Iterator[dict]:
     """SFT rows (`prompt`/`completion` conversations) for stage 1; when `cfg.refinement`, an
     offset-refinement dialogue for a share `cfg.refinement_share` of the records that have
     targets; a captioning row for a share `cfg.caption_share` of the single-target records
-    (both drawn per record)."""
+    (both drawn per record, from the record's index: `start` is the first record's, so a
+    range of records builds the rows it would in the whole list)."""
     skips = skips if skips is not None else Skips()
     stats = stats if stats is not None else BuildStats()
     v = cfg.vocab
     codec = cfg.answer_codec()
     proposals_cache: dict[str, object] = {}
-    for n, rec in enumerate(records):
+    for n, rec in enumerate(records, start):
         rng = np.random.default_rng([cfg.seed, n])
         image = resize_image(_to_image(rec.image), cfg.image_size)
         h, w = image.shape[:2]
