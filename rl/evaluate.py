@@ -300,7 +300,8 @@ def shuffled_rows(rows: Sequence[dict], prompts: dict, seed: int = 0) -> list[di
     """The shuffled-expression control: the same rows (image, ground truth, scene objects) with
     expressions permuted among the rows of the same kind, no row keeping its own where its kind
     has two or more rows (a cyclic shift over a random order). A model that ignores the text
-    scores the same on these rows as on the real ones; one that reads falls to chance."""
+    scores the same on these rows as on the real ones; one that reads falls to chance or below
+    it (it picks the look-alike of the object another row names)."""
     rng = np.random.default_rng(seed)
     by_kind: dict[str, list[int]] = {}
     for k, r in enumerate(rows):

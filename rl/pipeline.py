@@ -251,7 +251,7 @@ class Pipeline:
         m, preds = evaluate_rows(model, self.eval_rows, self.ctx, settings)
         m["refinement_rounds"] = rounds
         self.metrics["evaluation"][name] = m
-        self.last_predictions = preds
+        self.last_predictions, self.last_evaluated = preds, name
         self._compare(name, [p.score.iou for p in preds], rounds)
         if self.cfg.eval.pictures:
             self._contact_sheet(name, preds)
@@ -493,9 +493,14 @@ class Pipeline:
 
     def _shuffle_control(self, model, current: Path) -> dict:
         """The final model on the held-out scenes with their expressions shuffled among rows
-        of the same kind (rl.evaluate.shuffled_rows): referent accuracy should fall to chance
-        if the model reads."""
+        of the same kind (rl.evaluate.shuffled_rows): a model that ignores the text scores as
+        on the real expressions; one that reads falls to chance or below it (it answers another
+        scene's expression with that expression's look-alike, in "share" scenes a distractor).
+        With the real expressions' predictions of this process, also the paired difference of
+        referent accuracy, real - shuffled, over the single-target rows
+        (`controls.real_minus_shuffled_referent`)."""
         from rl.evaluate import EvalSettings, evaluate_rows, shuffled_rows
+        from rl.metrics import paired_difference
         from rl.models import load_model
 
         final = current.name
@@ -504,13 +509,23 @@ class Pipeline:
         model.eval()
         settings = EvalSettings(rounds, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
         rows = shuffled_rows(self.eval_rows, self.prompts, seed=self.cfg.seed)
-        m, _ = evaluate_rows(model, rows, self.ctx, settings)
+        m, shuffled = evaluate_rows(model, rows, self.ctx, settings)
         m["model"], m["refinement_rounds"] = final, rounds
         self.metrics["controls"] = {"shuffled_expression": m}
         real = self.metrics["evaluation"].get(final, {})
+        gap = ""
+        if getattr(self, "last_evaluated", None) == final:
+            pairs = [(a.score.referent, b.score.referent)
+                     for a, b in zip(self.last_predictions, shuffled, strict=True)
+                     if a.score.referent is not None and b.score.referent is not None]
+            if pairs:
+                d = paired_difference([float(a) for a, _ in pairs], [float(b) for _, b in pairs])
+                self.metrics["controls"]["real_minus_shuffled_referent"] = d
+                ci = (" [{:+.3f}, {:+.3f}]".format(*d["interval"]) if d["interval"] else "")
+                gap = f"; real - shuffled {d['difference']:+.3f}{ci}"
         log(f"shuffled-expression control ({final}): referent accuracy "
             f"{_fmt(m.get('referent_accuracy'))} (real expressions "
-            f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}), gIoU "
+            f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}{gap}), gIoU "
             f"{m['gIoU']:.3f}")
         return m
 

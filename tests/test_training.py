@@ -140,7 +140,13 @@ def test_shuffled_expression_control_and_captioned_pictures(run):
     out, metrics, _ = run
     control = metrics["controls"]["shuffled_expression"]
     assert control["samples"] == 16 and control["model"] == "grpo_stage2"
-    assert "referent_accuracy" in metrics["evaluation"]["grpo_stage2"]
+    real = metrics["evaluation"]["grpo_stage2"]
+    assert "referent_accuracy" in real
+    # Paired over the same single-target rows: the difference of the two accuracies.
+    gap = metrics["controls"]["real_minus_shuffled_referent"]
+    assert 0 < gap["samples"] <= 16
+    assert gap["difference"] == pytest.approx(real["referent_accuracy"]
+                                              - control["referent_accuracy"])
     assert len(list((out / "pictures").glob("[0-9]*.png"))) == 2
     # One contact sheet per evaluated stage: the 8 best and the 8 worst of 16, four to a row
     # (the layout: tests/test_visualize.py).
