@@ -238,6 +238,17 @@ class Pipeline:
     def decoder(self):
         return self.ctx.decoder()
 
+    def build_config(self):
+        """How this run's records become samples (rl.data.samples.BuildConfig)."""
+        from rl.data.samples import BuildConfig
+
+        cfg = self.cfg
+        return BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
+                           refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
+                           refinement_share=cfg.sft.refinement_share,
+                           caption_share=cfg.sft.caption_share,
+                           image_after_text=cfg.data.image_after_text, seed=cfg.seed)
+
     def stage_context(self, name: str) -> RunContext:
         """The run context of stage `name`: it writes into `output_dir/name`."""
         return self.ctx.with_output(self.out / name)
@@ -351,7 +362,7 @@ class Pipeline:
         from datasets import Dataset
         from transformers import AutoProcessor
 
-        from rl.data.samples import BuildConfig, build_grpo_stage1
+        from rl.data.samples import build_grpo_stage1
         from rl.grpo import run_grpo
         from rl.models import load_model, prepare_model
         from rl.train_sft import run_sft
@@ -366,12 +377,7 @@ class Pipeline:
         log(f"model with the spatial vocabulary: {init_dir}")
         train = records(cfg, "train")
         held_out = records(cfg, "eval")
-        build = BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
-                            refinement=cfg.sft.refinement,
-                            n_points=cfg.sft.refinement_points,
-                            refinement_share=cfg.sft.refinement_share,
-                            caption_share=cfg.sft.caption_share,
-                            image_after_text=cfg.data.image_after_text, seed=cfg.seed)
+        build = self.build_config()
         self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
             f"({cfg.data.source})")
@@ -552,7 +558,6 @@ class Pipeline:
     def _curriculum_rows(self, build) -> list[dict]:
         """The curriculum's SFT rows (`records(cfg, "curriculum")`, built as the training
         scenes are)."""
-
         return self._build_sft(records(self.cfg, "curriculum"), build)
 
     def _build_sft(self, recs: list, build) -> list[dict]:

@@ -19,16 +19,11 @@ import numpy as np
 
 def _build(config: str | None, n: int, workers: int) -> tuple[list, list, float, float]:
     from rl.config import load_config
-    from rl.data.samples import BuildConfig
     from rl.pipeline import Pipeline, records
 
     cfg = load_config(config, {"cpu_threads": workers, "data": {"n_train": n}})
     p = Pipeline(cfg)
-    build = BuildConfig(vocab=p.vocab, codec=p.codec, min_iou=cfg.data.min_iou,
-                        refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
-                        refinement_share=cfg.sft.refinement_share,
-                        caption_share=cfg.sft.caption_share,
-                        image_after_text=cfg.data.image_after_text, seed=cfg.seed)
+    build = p.build_config()
     t0 = time.perf_counter()
     recs = records(cfg, "train")
     t1 = time.perf_counter()
