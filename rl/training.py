@@ -53,6 +53,76 @@ def score_labelled_positions_only(enabled: bool = True) -> None:
     trl_utils._use_triton = compact_on_cpu
 
 
+def _say(msg: str) -> None:
+    print(f"[getok] {msg}", flush=True)
+
+
+def decoder_layers(model) -> list:
+    """The language model's decoder layers (modules whose class name ends in `DecoderLayer`,
+    e.g. Qwen2_5_VLDecoderLayer), under any wrapper (PEFT, DDP)."""
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def compiler_missing() -> str | None:
+    """Why torch.compile cannot build kernels here (None: it can). On CPUs Inductor writes C++
+    and needs a compiler (`g++` unless torch._inductor.config.cpp.cxx names another)."""
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        name = get_cpp_compiler()
+    except Exception as e:  # no compiler found, or an Inductor without this helper
+        return f"no C++ compiler for torch.compile ({type(e).__name__}: {e})"
+    return None if shutil.which(name) or Path(name).is_file() else (
+        f"no C++ compiler for torch.compile ({name} not found)")
+
+
+def _compiled_when_training(forward):
+    """`forward` compiled for calls that record gradients (training steps); calls without
+    (generation for learning curves or a second pass, with its growing key-value cache) run
+    eager, so they neither compile graphs of their own nor wait for them."""
+    import torch
+
+    compiled = torch.compile(forward, dynamic=True)
+
+    def run(*args, **kwargs):
+        return (compiled if torch.is_grad_enabled() else forward)(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def compiled_decoder(model, enabled: bool = True, log=None):
+    """Within the block the decoder layers of `model` run compiled when they record gradients
+    (torch.compile, dynamic shapes: one graph serves every sequence length and, as the layers
+    share their code, every layer; `_compiled_when_training`); afterwards they run eager again
+    (later generation, evaluation and saving see the plain modules). Where no kernels can be
+    built (`compiler_missing`) the block runs eager and `log` says why."""
+    if not enabled:
+        yield
+        return
+    why = compiler_missing()
+    if why is not None:
+        (log or _say)(f"{why}: the decoder layers run eager")
+        yield
+        return
+    layers = decoder_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers (*DecoderLayer) to compile")
+    for layer in layers:
+        layer.forward = _compiled_when_training(layer.forward)  # shadows the class's
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the class's forward again
+
+
 @contextmanager
 def vision_frozen(model, enabled: bool | str = True):
     """Within the block the model's vision tower (`model.model.visual` or `model.visual`) takes

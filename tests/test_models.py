@@ -38,6 +38,21 @@ def test_tokenizer_has_qwen_specials_and_marks_assistant_spans():
     assert tok.decode(marked) == "here<|im_end|>"
 
 
+def test_tokenizer_spells_the_chat_templates_own_words_in_few_tokens():
+    # Each sample carries the default system turn and the role names: spelled letter by letter
+    # they were a third of a default sample's tokens.
+    tok = build_tiny_tokenizer()
+    msgs = [{"role": "user", "content": "Find the red circle."},
+            {"role": "assistant", "content": "<answer></answer>"}]
+    ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    for word in ("system", "user", "assistant", "Find", "Ġhelpful", "Ġassistant"):
+        assert word in pieces, word
+    # <|im_start|> system \n You are a helpful assistant . <|im_end|> \n
+    system = tok("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")["input_ids"]
+    assert len(system) == 11
+
+
 def test_mrope_section_is_a_tiny_option(tmp_path):
     from rl.models import build_tiny_qwen2_5_vl
 
