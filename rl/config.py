@@ -145,11 +145,6 @@ class SFTStageConfig:
     freeze_vision: bool | str = False
     # The vision tower's learning rate as a multiple of the stage's (1: as every other weight).
     vision_lr_scale: float = 1.0
-    # The language model's decoder layers compiled (torch.compile, dynamic shapes) while the
-    # stage trains (rl.training.compiled_decoder): the same computation, fused; not bit-identical
-    # to eager (float rounding). Needs a C++ compiler on CPUs; without one the stage says so and
-    # runs eager.
-    compile: bool = False
     lora: dict | None = None
     # With LoRA, how the new token rows train: "trainable_tokens" (only the spatial tokens' rows
     # of the input embeddings and the head; an untied head only), "modules_to_save" (full

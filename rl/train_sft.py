@@ -179,9 +179,9 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
 def run_sft(stage: SFTStageConfig, ctx, model, train_dataset):
     """Train `model` on `train_dataset` (image, prompt, completion); save to `ctx.output_dir`.
     Returns (the trained model, TRL's log history)."""
-    from rl.training import compiled_decoder, train_and_save, vision_frozen
+    from rl.training import train_and_save, vision_frozen
 
-    with vision_frozen(model, stage.freeze_vision), compiled_decoder(model, stage.compile):
+    with vision_frozen(model, stage.freeze_vision):
         trainer = sft_trainer(stage, ctx, model, train_dataset)
         return train_and_save(trainer, ctx, merge=bool(stage.lora))
 

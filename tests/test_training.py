@@ -300,59 +300,6 @@ def test_vision_frozen_freezes_the_tower_and_restores_it(tiny_model_dirs):
             pass
 
 
-def test_compiled_decoder_gives_the_eager_loss_and_restores_eager_layers(tiny_model_dirs):
-    from transformers import AutoModelForImageTextToText
-
-    from rl.training import compiled_decoder, compiler_missing, decoder_layers
-
-    if compiler_missing():
-        pytest.skip(compiler_missing())
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["tied"])
-    layers = decoder_layers(model)
-    assert len(layers) == model.config.text_config.num_hidden_layers
-    ids = torch.randint(0, 200, (2, 9))
-
-    def loss_and_grad():
-        model.zero_grad()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        return loss.detach(), model.lm_head.weight.grad.clone()
-
-    eager = loss_and_grad()
-    with compiled_decoder(model):
-        assert all("forward" in vars(layer) for layer in layers)  # the compiled forward
-        compiled = loss_and_grad()
-        ids = torch.randint(0, 200, (2, 13))  # another length: the same graph (dynamic)
-        loss_and_grad()
-        from torch._dynamo.utils import counters
-
-        graphs = counters["stats"]["unique_graphs"]
-        with torch.no_grad():  # inference runs eager: no graph of its own to compile
-            model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
-        assert counters["stats"]["unique_graphs"] == graphs
-    assert not any("forward" in vars(layer) for layer in layers)  # the class's forward again
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-5)
-
-
-def test_compiled_decoder_runs_eager_and_says_why_without_a_compiler(tiny_model_dirs,
-                                                                    monkeypatch):
-    from transformers import AutoModelForImageTextToText
-
-    import rl.training as training
-
-    monkeypatch.setattr(training, "compiler_missing", lambda: "no C++ compiler (test)")
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["tied"])
-    said = []
-    with training.compiled_decoder(model, log=said.append):
-        assert not any("forward" in vars(layer) for layer in training.decoder_layers(model))
-    assert said == ["no C++ compiler (test): the decoder layers run eager"]
-    with pytest.raises(ValueError, match="no decoder layers"):
-        monkeypatch.setattr(training, "compiler_missing", lambda: None)
-        with training.compiled_decoder(torch.nn.Linear(2, 2)):
-            pass
-
-
 def test_vision_frozen_merger_freezes_only_the_patch_merger(tiny_model_dirs):
     from transformers import AutoModelForImageTextToText
 

@@ -154,7 +154,6 @@ def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
 
     from rl.models import load_model
     from rl.train_sft import sft_trainer
-    from rl.training import compiled_decoder
 
     ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
     model = load_model(init, cfg.model)
@@ -170,10 +169,9 @@ def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
                                                                           len(train_ds)))])
     first_sight = (time.perf_counter() - t0) / max(1, len(train_ds))
     loader_timer = _Timer(trainer, ["get_batch_samples", "training_step"])
-    with compiled_decoder(model, cfg.sft.compile):  # as run_sft trains (sft.compile)
-        t0 = time.perf_counter()
-        trainer.train()
-        total = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
     per_step = total / steps
 
     # The floor: the bare model on one batch the trainer's own collator builds.
@@ -187,7 +185,7 @@ def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
             "train_step_s": loader_timer.seconds["training_step"] / steps,
             "collate_s": collate, "first_sight_s_per_sample": first_sight,
             "floor_s": floor, "ratio": per_step / floor,
-            # the steady state: a compiled run's first steps include the compilation
+            # the steady state, without the first step's one-off costs
             "median_train_step_s": statistics.median(loader_timer.each["training_step"]),
             "first_train_step_s": loader_timer.each["training_step"][0],
             "tokens_per_batch": list(batch["input_ids"].shape)}
@@ -250,8 +248,7 @@ def main(argv=None) -> dict:
     print(f"  bare model step on the same batch: {sft['floor_s'] * 1000:.0f} ms; "
           f"SFT step / bare step = {sft['ratio']:.2f}")
     print(f"  trainer step: median {sft['median_train_step_s'] * 1000:.0f} ms, the first "
-          f"{sft['first_train_step_s'] * 1000:.0f} ms"
-          + (" (sft.compile: the decoder layers compiled)" if cfg.sft.compile else ""))
+          f"{sft['first_train_step_s'] * 1000:.0f} ms")
     print(f"GRPO stage 1 ({a.grpo_steps} steps, {grpo['completions_per_step']} completions): "
           f"{grpo['s_per_step'] * 1000:.0f} ms/step, {grpo['steps_per_s']:.2f} steps/s")
     print(f"  generation {grpo['generation_s'] * 1000:.0f} ms, reward "
