@@ -6,18 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from small_recipe import small
 
 from rl.ablate import STAGES, differences, main, stage_key
 from rl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ABL = ROOT / "configs" / "ablations"
-TASK = {"logging_steps": 1, "progress_bars": False, "data": {"n_train": 48, "n_eval": 6},
+TASK = small({"logging_steps": 1, "progress_bars": False, "data": {"n_train": 48, "n_eval": 6},
         "sft": {"max_steps": 6, "policy_refinement_steps": 2, "policy_refinement_records": 8},
         "grpo_stage1": {"max_steps": 2, "n_prompts": 8, "logging_steps": 1},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "regenerate_every": None,
                         "logging_steps": 1},
-        "eval": {"pictures": 1, "max_new_tokens": 12}}
+        "eval": {"pictures": 1, "max_new_tokens": 12}})
 
 
 def test_stage_keys_ignore_output_and_later_stages():

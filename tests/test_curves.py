@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from small_recipe import small
 
 from rl.config import load_config
 from rl.curves import CurveCallback, curve_point, plot_curves
@@ -101,7 +102,7 @@ def test_curriculum_restart_is_a_pass_of_its_own_then_a_new_schedule(tmp_path):
     # training scenes under a new one; the cold start's history and curves count on across.
     from rl.pipeline import Pipeline
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", {
+    cfg = load_config(ROOT / "configs" / "default.yaml", small({
         "output_dir": str(tmp_path), "logging_steps": 1, "progress_bars": False,
         "report_to": [], "model": {"grid_size": 8},
         "data": {"n_train": 8, "n_eval": 4, "curriculum_objects": [2, 2],
@@ -110,7 +111,7 @@ def test_curriculum_restart_is_a_pass_of_its_own_then_a_new_schedule(tmp_path):
                 "curriculum_restart": True, "batch_size": 2, "warmup_steps": 1,
                 "policy_refinement_steps": 0, "collate_cache": 0},
         "grpo_stage1": {"enabled": False}, "grpo_stage2": {"enabled": False},
-        "eval": {"enabled": False, "curve_every": 2, "curve_samples": 2}})
+        "eval": {"enabled": False, "curve_every": 2, "curve_samples": 2}}))
     Pipeline(cfg).run()
     hist = json.loads((tmp_path / "sft" / "stage.json").read_text())["log_history"]
     rates = {e["step"]: e["learning_rate"] for e in hist if "learning_rate" in e}
@@ -122,8 +123,8 @@ def test_curriculum_restart_is_a_pass_of_its_own_then_a_new_schedule(tmp_path):
     # Every 2 steps and at each pass's end: the curriculum's 2 and 3, the training scenes' 2 = 5.
     assert steps == [2, 3, 5]
     with pytest.raises(ValueError, match="leaves no step"):
-        bad = load_config(ROOT / "configs" / "default.yaml", {
+        bad = load_config(ROOT / "configs" / "default.yaml", small({
             "output_dir": str(tmp_path / "bad"), "report_to": [],
             "data": {"n_train": 4, "n_eval": 2}, "eval": {"enabled": False, "curve_every": 0},
-            "sft": {"max_steps": 3, "curriculum_steps": 3, "curriculum_restart": True}})
+            "sft": {"max_steps": 3, "curriculum_steps": 3, "curriculum_restart": True}}))
         Pipeline(bad).run()

@@ -20,8 +20,10 @@ base: {ROOT / "configs" / "default.yaml"}
 output_dir: {tmp_path / "run"}
 logging_steps: 1
 progress_bars: false
+model: {{tiny: {{num_layers: 2, vision_pretrain: {{steps: 0}}}}}}
 data: {{n_train: 32, n_eval: 8, prompts: {ROOT / "configs" / "default_prompts.yaml"}}}
-sft: {{max_steps: 3, batch_size: 4, policy_refinement_steps: 0}}
+sft: {{max_steps: 3, batch_size: 4, policy_refinement_steps: 0, curriculum_steps: 0,
+      curriculum_scenes: null}}
 grpo_stage1: {{max_steps: 2, batch_size: 8, num_generations: 4, n_prompts: 8,
               max_completion_length: 16}}
 grpo_stage2: {{enabled: false}}

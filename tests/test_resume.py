@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from small_recipe import small
 
 from rl.config import load_config, to_dict
 from rl.pipeline import RecipeMismatch, check_resumable, finished_parts
@@ -29,7 +30,7 @@ def recipe(out: Path, **sections) -> dict:
          "eval": {"pictures": 0, "curve_every": 0}}
     for k, v in sections.items():
         r[k] = {**r.get(k, {}), **v}
-    return r
+    return small(r)
 
 
 def fingerprint(folder: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from small_recipe import small
 
 import rl.grpo
 from rl.config import load_config
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_overrides(out: Path) -> dict:
-    return {
+    return small({
         "output_dir": str(out), "logging_steps": 1, "progress_bars": False,
         # The mechanics on the easy task (one shape, 8-grid, every record with a refinement
         # dialogue), where 150 cold-start steps give stage 2 instances to refine.
@@ -32,7 +33,7 @@ def tiny_overrides(out: Path) -> dict:
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3,
                         "logging_steps": 1},
         "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},
-    }
+    }, keep_parts=True)
 
 
 def weights(folder: Path) -> dict:

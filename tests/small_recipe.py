@@ -1,0 +1,25 @@
+"""The default recipe made small enough for a test: the default trains a 4-layer model after
+3,000 steps of tower pre-training and a 3,000-step curriculum on 16,000 scenes (15 minutes);
+tests that run the pipeline take its wiring with these parts cut to nothing (or, with
+`keep_parts`, to a few steps each, so the test still walks them)."""
+
+from __future__ import annotations
+
+
+def merged(base: dict, more: dict) -> dict:
+    """`base` with `more` laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in more.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                         dict) else v
+    return out
+
+
+def small(overrides: dict, keep_parts: bool = False) -> dict:
+    """`overrides` for configs/default.yaml, with the default's costly parts cut."""
+    cut = {"model": {"tiny": {"num_layers": 2,
+                              "vision_pretrain": {"steps": 10 if keep_parts else 0}}},
+           "sft": {"curriculum_steps": 0, "curriculum_scenes": None}}
+    if keep_parts:
+        cut["sft"] = {"curriculum_steps": 20, "curriculum_scenes": 16}
+    return merged(cut, overrides)
