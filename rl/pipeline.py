@@ -232,6 +232,10 @@ class Pipeline:
         self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
         self.curves = None
+        # The latest evaluation's predictions and the stage they came from (pictures, the
+        # shuffled control's paired difference).
+        self.last_predictions: list | None = None
+        self.last_evaluated: str | None = None
         self._evaluated: list = []  # (stage, per-sample IoUs, rounds) evaluated in this process
 
     # ---- pieces ---------------------------------------------------------------------------
@@ -520,7 +524,7 @@ class Pipeline:
         self.metrics["controls"] = {"shuffled_expression": m}
         real = self.metrics["evaluation"].get(final, {})
         gap = ""
-        if getattr(self, "last_evaluated", None) == final:
+        if self.last_evaluated == final:
             pairs = [(a.score.referent, b.score.referent)
                      for a, b in zip(self.last_predictions, shuffled, strict=True)
                      if a.score.referent is not None and b.score.referent is not None]
@@ -722,7 +726,7 @@ class Pipeline:
         """Pictures of held-out predictions, taken in turn from each expression kind: the
         expression and IoU written above, the named objects outlined, the prediction drawn
         (beside its proposal after a refinement)."""
-        preds = getattr(self, "last_predictions", None)
+        preds = self.last_predictions
         if preds is None:
             return
         by_kind: dict[str, list[int]] = {}

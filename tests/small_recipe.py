@@ -5,21 +5,14 @@ tests that run the pipeline take its wiring with these parts cut to nothing (or,
 
 from __future__ import annotations
 
-
-def merged(base: dict, more: dict) -> dict:
-    """`base` with `more` laid over it, nested dicts merged key by key."""
-    out = dict(base)
-    for k, v in more.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
-                                                                         dict) else v
-    return out
+from rl.config import _merge
 
 
 def small(overrides: dict, keep_parts: bool = False) -> dict:
-    """`overrides` for configs/default.yaml, with the default's costly parts cut."""
+    """`overrides` for configs/default.yaml (merged over it as recipes merge), with the
+    default's costly parts cut first."""
     cut = {"model": {"tiny": {"num_layers": 2,
                               "vision_pretrain": {"steps": 10 if keep_parts else 0}}},
-           "sft": {"curriculum_steps": 0, "curriculum_scenes": None}}
-    if keep_parts:
-        cut["sft"] = {"curriculum_steps": 20, "curriculum_scenes": 16}
-    return merged(cut, overrides)
+           "sft": ({"curriculum_steps": 20, "curriculum_scenes": 16} if keep_parts
+                   else {"curriculum_steps": 0, "curriculum_scenes": None})}
+    return _merge(cut, overrides)

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+from small_recipe import small
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,20 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_zero2_on_cpu(tmp_path):
     pytest.importorskip("deepspeed")
     recipe = tmp_path / "zero2.yaml"
-    recipe.write_text(f"""
-base: {ROOT / "configs" / "default.yaml"}
-output_dir: {tmp_path / "run"}
-logging_steps: 1
-progress_bars: false
-model: {{tiny: {{num_layers: 2, vision_pretrain: {{steps: 0}}}}}}
-data: {{n_train: 32, n_eval: 8, prompts: {ROOT / "configs" / "default_prompts.yaml"}}}
-sft: {{max_steps: 3, batch_size: 4, policy_refinement_steps: 0, curriculum_steps: 0,
-      curriculum_scenes: null}}
-grpo_stage1: {{max_steps: 2, batch_size: 8, num_generations: 4, n_prompts: 8,
-              max_completion_length: 16}}
-grpo_stage2: {{enabled: false}}
-eval: {{enabled: false}}
-""")
+    recipe.write_text(yaml.safe_dump(small({
+        "base": str(ROOT / "configs" / "default.yaml"), "output_dir": str(tmp_path / "run"),
+        "logging_steps": 1, "progress_bars": False,
+        "data": {"n_train": 32, "n_eval": 8,
+                 "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "sft": {"max_steps": 3, "batch_size": 4, "policy_refinement_steps": 0},
+        "grpo_stage1": {"max_steps": 2, "batch_size": 8, "num_generations": 4,
+                        "n_prompts": 8, "max_completion_length": 16},
+        "grpo_stage2": {"enabled": False}, "eval": {"enabled": False}})))
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     cmd = ["accelerate", "launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / "zero2_cpu.yaml"),

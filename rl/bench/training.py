@@ -115,8 +115,9 @@ class _Timer:
             def timed(*a, _name=name, _f=original, **k):
                 t0 = time.perf_counter()
                 out = _f(*a, **k)
-                self.seconds[_name] += time.perf_counter() - t0
-                self.each[_name].append(time.perf_counter() - t0)
+                took = time.perf_counter() - t0
+                self.seconds[_name] += took
+                self.each[_name].append(took)
                 self.calls[_name] += 1
                 self.last[_name] = out
                 return out
