@@ -41,6 +41,11 @@ class ModelConfig:
     init: str = "sincos"
     dtype: str = "float32"
     attn_implementation: str | None = None
+    # transformers >= 5.2 swaps layers for Hugging Face Hub kernels (e.g. liger's RMSNorm) on
+    # CUDA unless told not to: code downloaded at the first `model.train()` (an offline GPU
+    # machine stops there), and other numerics than the run that made a checkpoint. Off: every
+    # model this package loads (policy, GRPO's KL reference, evaluation) runs its own layers.
+    use_kernels: bool = False
 
 
 @dataclass

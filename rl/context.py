@@ -53,6 +53,7 @@ class RunContext:
     report_to: tuple = ()  # experiment trackers (transformers' report_to)
     trackers: Any = None  # rl.tracking.Trackers: held-out figures to the trackers
     score_labelled_only: bool = True  # rl.training.score_labelled_positions_only
+    use_kernels: bool = False  # Hub kernels for models TRL loads itself (rl.models.hub_kernels)
 
     @classmethod
     def from_config(cls, cfg, processor) -> RunContext:
@@ -68,7 +69,8 @@ class RunContext:
                    seed=cfg.seed, logging_steps=cfg.logging_steps,
                    progress_bars=cfg.progress_bars, report_to=tuple(cfg.report_to),
                    trackers=Trackers(cfg.report_to),
-                   score_labelled_only=cfg.score_labelled_only)
+                   score_labelled_only=cfg.score_labelled_only,
+                   use_kernels=cfg.model.use_kernels)
 
     def decoder(self):
         """The mask decoder, one per configuration in this process (shared embedding cache)."""

@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = load_config(f"{args.run}/config.json")
     model_dir = f"{args.run}/{args.stage}"
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=False).eval()
     ctx = RunContext.from_config(cfg, processor)
     build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec,
                         image_after_text=cfg.data.image_after_text)

@@ -392,7 +392,8 @@ def main(argv=None) -> dict:
     ctx = RunContext(vocab=vocab, codec=get_codec(vocab=vocab, **spec),
                      decoder_spec=read_spec(a.decoder), processor=processor, prompts=prompts)
     generator = VLLMGenerator(a.model, processor) if a.vllm else None
-    model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(a.model).eval()
+    model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(
+        a.model, use_kernels=False).eval()
     rows, names = [], []
     for folder in a.data:
         ds = load_from_disk(folder)

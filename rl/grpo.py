@@ -66,6 +66,7 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     init, for a policy fresh from the cold start); it is pointed at `reference` here."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from rl.models import hub_kernels
     from rl.tracking import callbacks_for
     from rl.training import common_args, lora_config, score_labelled_positions_only
 
@@ -88,9 +89,12 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
            **stage.extra_args})
     peft_config = lora_config(stage.lora) if stage.lora else None
     callbacks = list(ctx.callbacks) + callbacks_for(ctx.report_to, stage.log_completions)
-    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                       processing_class=ctx.processor, peft_config=peft_config,
-                       callbacks=callbacks or None, rollout_func=rollout_func)
+    # TRL loads the KL reference itself (from_pretrained): Hub kernels as the recipe says.
+    with hub_kernels(ctx.use_kernels):
+        return GRPOTrainer(model=model, reward_funcs=funcs, args=args,
+                           train_dataset=train_dataset, processing_class=ctx.processor,
+                           peft_config=peft_config, callbacks=callbacks or None,
+                           rollout_func=rollout_func)
 
 
 def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, train_dataset,

@@ -96,7 +96,8 @@ class Grounder:
         from tokens.registry import get_codec
 
         self.model_dir = Path(model_dir)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            self.model_dir, use_kernels=False).eval()
         if device:
             self.model.to(device)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 from rl.qwen_vocab import CHAT_TEMPLATE
@@ -318,13 +320,30 @@ def build_qwen2_5_vl_at_width(out_dir: str | Path, size: str = "3b", num_layers:
     return _save_with_processor(model, tokenizer, image_size, v["spatial_merge_size"], out_dir)
 
 
+@contextmanager
+def hub_kernels(enabled: bool = False):
+    """Within the block, models that transformers loads on its own (TRL's GRPO reference) use
+    Hugging Face Hub kernels only when `enabled` (`model.use_kernels` in a recipe): the
+    `USE_HUB_KERNELS` switch transformers reads at each `from_pretrained`, restored after."""
+    before = os.environ.get("USE_HUB_KERNELS")
+    os.environ["USE_HUB_KERNELS"] = "YES" if enabled else "NO"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("USE_HUB_KERNELS", None)
+        else:
+            os.environ["USE_HUB_KERNELS"] = before
+
+
 def load_model(path: str | Path, model_cfg=None):
-    """A saved vision-language model by path, in the configured dtype (float32 default)."""
+    """A saved vision-language model by path, in the configured dtype (float32 default), with
+    Hub kernels only if the recipe asks (`model.use_kernels`, off by default)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     dtype = getattr(torch, getattr(model_cfg, "dtype", "float32") or "float32")
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "use_kernels": bool(getattr(model_cfg, "use_kernels", False))}
     attn = getattr(model_cfg, "attn_implementation", None)
     if attn:
         kwargs["attn_implementation"] = attn

@@ -39,3 +39,18 @@ def test_codec_table_on_the_real_qwen_vocabulary():
     assert rows["grid"]["tokens_per_box"] == 8
     # Every digit is its own token: a 0-999 bin costs up to three.
     assert rows["text_bins"]["tokens_per_box"] > rows["grid"]["tokens_per_box"]
+
+
+def test_paper_widths_smoke_recipe_takes_the_gpu_settings(tmp_path):
+    """On a GPU the smoke run keeps the paper's bf16 and SAM ViT-H; on a CPU float32 and ViT-B."""
+    import yaml
+
+    from rl.bench.paper_widths import smoke_recipe
+
+    cpu = yaml.safe_load(smoke_recipe(tmp_path / "m", tmp_path).read_text())
+    assert (cpu["model"]["dtype"], cpu["data"]["decoder"]["variant"]) == ("float32", "vit_b")
+    gpu = yaml.safe_load(smoke_recipe(tmp_path / "m", tmp_path, dtype="bfloat16",
+                                      sam="vit_h").read_text())
+    assert (gpu["model"]["dtype"], gpu["data"]["decoder"]["variant"]) == ("bfloat16", "vit_h")
+    assert gpu["model"]["path"] == str(tmp_path / "m") and not gpu["model"]["use_kernels"]
+    assert gpu["grpo_stage1"]["max_steps"] == 2 and gpu["data"]["n_train"] == 2

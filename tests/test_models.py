@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,24 @@ def test_default_recipe_lets_attention_tell_image_columns_apart(tmp_path):
     width = model.config.text_config.rope_parameters["mrope_section"][2]
     side = tiny["image_size"] // (14 * tiny.get("spatial_merge_size", 2))
     assert inv[-width:].min().item() * (side - 1) >= 1.5
+
+
+def test_models_load_without_hub_kernels_unless_the_recipe_asks(tiny_model_dirs, monkeypatch):
+    """transformers >= 5.2 turns Hub kernels on by default (on CUDA they are downloaded at the
+    first model.train(); an offline GPU run stopped there): every load here turns them off."""
+    from types import SimpleNamespace
+
+    from rl.models import hub_kernels, load_model
+
+    path = tiny_model_dirs["tied"]
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    assert AutoModelForImageTextToText.from_pretrained(path).use_kernels  # transformers' default
+    assert not load_model(path).use_kernels
+    assert load_model(path, SimpleNamespace(dtype="float32", use_kernels=True)).use_kernels
+    with hub_kernels(False):  # what TRL loads inside (its GRPO reference) follows the recipe
+        assert not AutoModelForImageTextToText.from_pretrained(path).use_kernels
+    assert "USE_HUB_KERNELS" not in os.environ
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    with hub_kernels(False):
+        pass
+    assert os.environ["USE_HUB_KERNELS"] == "YES"

@@ -54,14 +54,18 @@ SMOKE = {
 }
 
 
-def smoke_recipe(model_dir: Path, out: Path) -> Path:
-    """The paper recipe with `SMOKE` over it, for `model_dir`, as a complete YAML file."""
+def smoke_recipe(model_dir: Path, out: Path, dtype: str = "float32",
+                 sam: str = "vit_b") -> Path:
+    """The paper recipe with `SMOKE` over it, for `model_dir`, as a complete YAML file
+    (`dtype`: the model's weights, `sam`: the SAM variant of the mask reward and data build)."""
     import yaml
 
     from rl.config import load_config, to_dict
 
-    cfg = load_config(PAPER, {**SMOKE, "output_dir": str(out / "run"),
-                              "model": {**SMOKE["model"], "path": str(model_dir)}})
+    data = {**SMOKE["data"], "decoder": {**SMOKE["data"]["decoder"], "variant": sam}}
+    cfg = load_config(PAPER, {**SMOKE, "output_dir": str(out / "run"), "data": data,
+                              "model": {**SMOKE["model"], "dtype": dtype,
+                                        "path": str(model_dir)}})
     path = out / "recipe.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
@@ -83,17 +87,19 @@ def stage_figures(run_dir: Path) -> dict:
     return out
 
 
-def run_size(size: str, out: Path) -> dict:
+def run_size(size: str, out: Path, accelerate_config: Path = ACCELERATE,
+             dtype: str = "float32", sam: str = "vit_b") -> dict:
     from rl.models import build_qwen2_5_vl_at_width
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model_dir = build_qwen2_5_vl_at_width(out / "base", size)
     built = time.perf_counter() - t0
-    recipe = smoke_recipe(model_dir, out)
+    recipe = smoke_recipe(model_dir, out, dtype=dtype, sam=sam)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = ["accelerate", "launch", "--config_file", str(ACCELERATE),
+    # One process: the paper's accelerate files say 8 (its GPUs); a smoke run uses one.
+    cmd = ["accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes", "1",
            str(ROOT / "rl" / "train_grpo.py"), "--config", str(recipe)]
     t0 = time.perf_counter()
     with open(out / "run.log", "w") as log:
@@ -110,10 +116,16 @@ def main(argv=None) -> list[dict]:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="3b,7b")
     p.add_argument("--out", default="runs/paper_widths")
+    p.add_argument("--accelerate-config", type=Path, default=ACCELERATE,
+                   help="on a GPU: configs/accelerate/zero2.yaml (DeepSpeed ZeRO-2 on CUDA)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the weights; the paper's bf16 needs a GPU (see SMOKE)")
+    p.add_argument("--sam", default="vit_b", choices=["vit_b", "vit_l", "vit_h"],
+                   help="SAM's architecture (random weights); the paper's is vit_h")
     a = p.parse_args(argv)
     results = []
     for size in a.sizes.split(","):
-        r = run_size(size, Path(a.out) / size)
+        r = run_size(size, Path(a.out) / size, a.accelerate_config, a.dtype, a.sam)
         results.append(r)
         stages = ", ".join(f"{k} {v['s_per_step']:.1f} s/step ({v['steps']} steps)"
                            for k, v in r["stages"].items())
