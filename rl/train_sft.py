@@ -95,6 +95,28 @@ class PerSampleCollator:
             ex["image"] = im
         return ex
 
+    def _rows(self, examples) -> list[dict]:
+        """Each sample's results, from the cache or, for the samples not in it, made together
+        (`_fresh`) and remembered."""
+        keys = [self._key(ex) for ex in examples]
+        found: dict = {}
+        missing: dict = {}
+        for key, ex in zip(keys, examples, strict=True):
+            if key in found or key in missing:
+                continue
+            if key in self.items:
+                self.items.move_to_end(key)
+                found[key] = self.items[key]
+            else:
+                missing[key] = ex
+        if missing:
+            for key, out in zip(missing, self._fresh(list(missing.values())), strict=True):
+                found[key] = out
+                self.items[key] = out
+            while len(self.items) > self.max_items:
+                self.items.popitem(last=False)
+        return [found[key] for key in keys]
+
     def one(self, ex) -> dict:
         key = self._key(ex)
         if key in self.items:
@@ -106,10 +128,52 @@ class PerSampleCollator:
             self.items.popitem(last=False)
         return out
 
+    def _split(self, batch: dict, n: int) -> list[dict] | None:
+        """The per-sample results inside `batch`, TRL's collation of `n` samples at once, or
+        None where the layout is not the one that can be cut apart exactly (one image per
+        sample; each row its tokens first, then right padding: TRL flushes left)."""
+        import torch
+
+        grid = batch.get("image_grid_thw")
+        if grid is None or grid.shape[0] != n or "pixel_values" not in batch:
+            return None
+        mask = batch["attention_mask"]
+        lengths = mask.sum(dim=1)
+        width = mask.shape[1]
+        if not bool((mask == (torch.arange(width) < lengths[:, None])).all()):
+            return None
+        patches = grid.prod(dim=1).tolist()
+        outs, start = [], 0
+        for i, (n_tokens, n_patches) in enumerate(zip(lengths.tolist(), patches, strict=True)):
+            out = {}
+            for name, value in batch.items():
+                if name == "pixel_values":
+                    out[name] = value[start:start + n_patches].clone()
+                elif name == "image_grid_thw":
+                    out[name] = value[i:i + 1].clone()
+                elif name in self.PAD:
+                    out[name] = value[i:i + 1, :n_tokens].clone()
+                else:
+                    return None
+            outs.append(out)
+            start += n_patches
+        return outs
+
+    def _fresh(self, examples: list) -> list[dict]:
+        """Per-sample results of samples not seen yet: one call of TRL's collator for all of
+        them (its processor's fixed cost per call is most of a lone sample's), cut apart
+        (`_split`), or one call per sample where the layout does not allow the cut."""
+        if len(examples) > 1:
+            outs = self._split(dict(self.inner([self._decoded(ex) for ex in examples])),
+                               len(examples))
+            if outs is not None:
+                return outs
+        return [dict(self.inner([self._decoded(ex)])) for ex in examples]
+
     def __call__(self, examples) -> dict:
         import torch
 
-        rows = [self.one(ex) for ex in examples]
+        rows = self._rows(examples)
         width = max(r["input_ids"].shape[1] for r in rows)
         batch = {}
         for name in rows[0]:

@@ -88,6 +88,38 @@ def test_curriculum_dataset_puts_the_lone_shapes_first_then_passes_over_the_rest
     assert sorted(tags[6:10]) == ["r0", "r1", "r2", "r3"] and len(tags) == 6 + 2 * 2
 
 
+
+def test_curriculum_dataset_renders_each_distinct_row_once_as_the_trainer_would(tiny_model_dirs):
+    """Rendered before the rows are repeated into the training order: the same samples as
+    rendering the ordered dataset (what the trainer did before), row for row."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from rl.config import SFTStageConfig
+    from rl.pipeline import curriculum_dataset
+    from rl.train_sft import render_conversations
+
+    proc = AutoProcessor.from_pretrained(tiny_model_dirs["tied"])
+
+    def row(tag, shade):
+        return {"image": Image.new("RGB", (28, 28), (shade, 0, 0)),
+                "prompt": [{"role": "user", "content": f"find the {tag}"}],
+                "completion": [{"role": "assistant", "content": f"<grid_0_{shade % 32}>"}]}
+
+    first = [row(f"c{k}", k) for k in range(4)]
+    rest = [row(f"r{k}", 10 + k) for k in range(3)]
+    sft = SFTStageConfig(max_steps=6, curriculum_steps=2, batch_size=2, curriculum_scenes=2)
+    before, _ = curriculum_dataset(first, rest, sft, seed=3)
+    before = render_conversations(before, proc)
+    after, _ = curriculum_dataset(first, rest, sft, seed=3, processor=proc)
+    assert len(after) == len(before) == 12
+    assert isinstance(after[0]["prompt"], str) and "find the c" in after[0]["prompt"]
+    for a, b in zip(after, before):
+        assert (a["prompt"], a["completion"]) == (b["prompt"], b["completion"])
+        assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+    assert render_conversations(after, proc)[:] == after[:]  # the trainer renders nothing more
+
 def test_curriculum_scenes_have_their_own_seed_and_object_count():
     cfg = load_config(overrides={"data": {"n_train": 8}, "sft": {"curriculum_steps": 2,
                                                                   "batch_size": 3}})

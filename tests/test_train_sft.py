@@ -63,3 +63,28 @@ def test_the_cache_is_bounded(grid8_model, tmp_path):
     td = trainer.train_dataset
     trainer.data_collator([td[i] for i in range(6)])
     assert len(trainer.data_collator.items) == 3
+
+
+def test_samples_first_seen_together_are_made_in_one_call_and_cut_apart_exactly(grid8_model,
+                                                                               tmp_path):
+    """A batch's unseen samples go through TRL's collator in one call (refinement dialogues
+    and stage-1 rows of different lengths, a sample twice), and each sample's cut equals its
+    own collation, tensor for tensor."""
+    ctx, ds, trainer, processor = _setup(grid8_model, tmp_path, collate_cache=64)
+    col, td = trainer.data_collator, trainer.train_dataset
+    calls = []
+    inner = col.inner
+    col.inner = lambda exs: calls.append(len(exs)) or inner(exs)
+    idx = [0, 1, 2, 3, 2, 7]
+    lengths = {len(td[i]["prompt"]) + len(td[i]["completion"]) for i in idx}
+    assert len(lengths) > 2  # rows of several lengths: the cut must drop each one's padding
+    batch = col([td[i] for i in idx])
+    assert calls == [5]  # one call for the five distinct samples
+    for i in set(idx):
+        alone = inner([PerSampleCollator._decoded(td[i])])
+        cut = col.items[col._key(td[i])]
+        assert sorted(alone) == sorted(cut) and all(torch.equal(alone[k], cut[k]) for k in alone)
+    plain = inner([PerSampleCollator._decoded(td[i]) for i in idx])
+    assert all(torch.equal(plain[k], batch[k]) for k in plain)
+    col([td[i] for i in (0, 3, 9)])
+    assert calls == [5, 1]  # seen samples come from the cache
