@@ -63,7 +63,7 @@ def _labelled_logits(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.T
 def bare_sft_step(model, batch: dict, lr: float):
     """One plain step on a collated SFT batch: logits at the labelled positions, cross-entropy,
     backward, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr)
     inputs, labels = _model_inputs(batch), batch["labels"]
 
     def step():
@@ -155,30 +155,37 @@ def bench_sft(cfg, init, ctx, rows, steps: int) -> dict:
 
     from rl.models import load_model
     from rl.train_sft import sft_trainer
+    from rl.training import vision_frozen
 
     ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
     model = load_model(init, cfg.model)
-    trainer = sft_trainer(cfg.sft, ctx.with_output(ctx.output_dir / "bench_sft"), model, ds,
-                          max_steps=steps)
-    # A run of many epochs (the default: 16) builds each sample's tensors once and then reads
-    # them back; fill the cache first so the timed steps show that steady state.
-    train_ds, batch_n = trainer.train_dataset, cfg.sft.batch_size
-    t0 = time.perf_counter()
-    if cfg.sft.collate_cache:
-        for start in range(0, len(train_ds), batch_n):
-            trainer.data_collator([train_ds[i] for i in range(start, min(start + batch_n,
-                                                                          len(train_ds)))])
-    first_sight = (time.perf_counter() - t0) / max(1, len(train_ds))
-    loader_timer = _Timer(trainer, ["get_batch_samples", "training_step"])
-    t0 = time.perf_counter()
-    trainer.train()
-    total = time.perf_counter() - t0
+    # The vision tower takes no gradient where the recipe freezes it (as run_sft does).
+    with vision_frozen(model, cfg.sft.freeze_vision):
+        trainer = sft_trainer(cfg.sft, ctx.with_output(ctx.output_dir / "bench_sft"), model,
+                              ds, max_steps=steps)
+        # A run of many epochs (the default: 16) builds each sample's tensors once and then
+        # reads them back; fill the cache first so the timed steps show that steady state
+        # (first sight: batches of unseen samples, as the default meets nearly all of them).
+        train_ds, batch_n = trainer.train_dataset, cfg.sft.batch_size
+        t0 = time.perf_counter()
+        if cfg.sft.collate_cache:
+            for start in range(0, len(train_ds), batch_n):
+                trainer.data_collator([train_ds[i] for i in range(start, min(start + batch_n,
+                                                                              len(train_ds)))])
+        first_sight = (time.perf_counter() - t0) / max(1, len(train_ds))
+        loader_timer = _Timer(trainer, ["get_batch_samples", "training_step"])
+        t0 = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - t0
     per_step = total / steps
 
-    # The floor: the bare model on one batch the trainer's own collator builds.
+    # The floor: the bare model on one batch the trainer's own collator builds, the tower
+    # frozen as in the trainer.
     batch = trainer.data_collator([train_ds[i] for i in range(batch_n)])
     floor_model = load_model(init, cfg.model).train()
-    floor = _median_time(bare_sft_step(floor_model, batch, cfg.sft.learning_rate), repeats=40)
+    with vision_frozen(floor_model, cfg.sft.freeze_vision):
+        floor = _median_time(bare_sft_step(floor_model, batch, cfg.sft.learning_rate),
+                             repeats=40)
     collate = _median_time(lambda: trainer.data_collator([train_ds[i] for i in range(batch_n)]),
                            repeats=10)
     return {"s_per_step": per_step, "samples_per_s": batch_n / per_step,
