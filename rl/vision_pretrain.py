@@ -38,32 +38,41 @@ class TowerPretrainConfig:
     seed: int = 0
 
 
-def object_examples(n: int, seed: int, image_size: int, tokens_per_side: int) -> list[dict]:
+def object_examples(n: int, seed: int, image_size: int, tokens_per_side: int,
+                    workers: int = 1) -> list[dict]:
     """`n` synthetic scenes as training examples: the image, and per object its colour and
-    shape indices and its pooling weights over the scene's visual tokens (raster order)."""
-    from pycocotools import mask as mask_utils
-
+    shape indices and its pooling weights over the scene's visual tokens (raster order).
+    Scene i depends on `seed` and i only, so `workers` forked processes build the same list
+    (rl.data.parallel)."""
+    from rl.data.parallel import in_processes
     from rl.data.referring import synthetic_records
+
+    return in_processes(
+        lambda lo, hi: [_object_example(rec, image_size, tokens_per_side)
+                        for rec in synthetic_records(hi - lo, seed, image_size, (2, 4),
+                                                     {"attribute": 1.0}, distractors="share",
+                                                     start=lo)],
+        n, workers)
+
+
+def _object_example(rec, image_size: int, tokens_per_side: int) -> dict:
+    from pycocotools import mask as mask_utils
 
     cell = image_size // tokens_per_side
     colours = list(COLOURS)
-    out = []
-    for rec in synthetic_records(n, seed, image_size, (2, 4), {"attribute": 1.0},
-                                 distractors="share"):
-        views = json.loads(rec.extra["scene"])
-        rles = [{"size": r["size"], "counts": r["counts"].encode()}
-                for r in json.loads(rec.extra["objects"])]
-        masks = mask_utils.decode(rles).transpose(2, 0, 1)[:, :cell * tokens_per_side,
-                                                           :cell * tokens_per_side]
-        cover = masks.reshape(len(views), tokens_per_side, cell, tokens_per_side, cell)
-        cover = cover.mean(axis=(2, 4)).reshape(len(views), -1)
-        weights = np.where(cover >= MIN_COVER, cover, 0.0)
-        for k in np.flatnonzero(weights.sum(axis=1) == 0):  # a sliver: its best token
-            weights[k, cover[k].argmax()] = cover[k].max()
-        out.append({"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
-                    "shape": [SHAPES.index(v["shape"]) for v in views],
-                    "colour": [colours.index(v["colour"]) for v in views]})
-    return out
+    views = json.loads(rec.extra["scene"])
+    rles = [{"size": r["size"], "counts": r["counts"].encode()}
+            for r in json.loads(rec.extra["objects"])]
+    masks = mask_utils.decode(rles).transpose(2, 0, 1)[:, :cell * tokens_per_side,
+                                                       :cell * tokens_per_side]
+    cover = masks.reshape(len(views), tokens_per_side, cell, tokens_per_side, cell)
+    cover = cover.mean(axis=(2, 4)).reshape(len(views), -1)
+    weights = np.where(cover >= MIN_COVER, cover, 0.0)
+    for k in np.flatnonzero(weights.sum(axis=1) == 0):  # a sliver: its best token
+        weights[k, cover[k].argmax()] = cover[k].max()
+    return {"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
+            "shape": [SHAPES.index(v["shape"]) for v in views],
+            "colour": [colours.index(v["colour"]) for v in views]}
 
 
 class ObjectAttributes:
@@ -134,8 +143,10 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
     vision = model.config.vision_config
     side = image_size // (vision.patch_size * vision.spatial_merge_size)
     collate = ObjectAttributes(processor.image_processor)
-    train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side)
-    held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side))
+    # The scenes over the run's CPU threads (rl.pipeline.set_cpu_threads set them).
+    workers = torch.get_num_threads()
+    train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side, workers)
+    held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side, workers))
     net = _tower_with_head(model.model.visual)
     before = net.accuracy(held_out)
     work_dir = tempfile.TemporaryDirectory(prefix="vision_pretrain_")  # the Trainer's scratch

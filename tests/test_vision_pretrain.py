@@ -101,3 +101,15 @@ def test_unknown_pretraining_keys_fail(tmp_path):
 
     with pytest.raises(ValueError, match=r"model.tiny.vision_pretrain: unknown keys \['step'\]"):
         build_tiny_qwen2_5_vl(tmp_path / "m", vision_pretrain={"steps": 5, "step": 5})
+
+
+def test_object_examples_built_over_processes_are_the_one_process_list():
+    import numpy as np
+
+    one = object_examples(450, seed=5, image_size=112, tokens_per_side=4)
+    two = object_examples(450, seed=5, image_size=112, tokens_per_side=4, workers=2)
+    assert len(one) == len(two) == 450
+    for a, b in zip(one, two, strict=True):
+        assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        assert np.array_equal(a["pool"], b["pool"])
+        assert (a["shape"], a["colour"]) == (b["shape"], b["colour"])
