@@ -117,17 +117,6 @@ class PerSampleCollator:
                 self.items.popitem(last=False)
         return [found[key] for key in keys]
 
-    def one(self, ex) -> dict:
-        key = self._key(ex)
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        out = dict(self.inner([self._decoded(ex)]))
-        self.items[key] = out
-        if len(self.items) > self.max_items:
-            self.items.popitem(last=False)
-        return out
-
     def _split(self, batch: dict, n: int) -> list[dict] | None:
         """The per-sample results inside `batch`, TRL's collation of `n` samples at once, or
         None where the layout is not the one that can be cut apart exactly (one image per
