@@ -276,3 +276,29 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="evil.pth: not a plain weights file"):
         load_state_dict(tmp_path / "evil.pth")
     assert not (tmp_path / "payload_ran").exists()
+
+
+def test_depth_in_the_grown_box_equals_the_whole_images_transform():
+    # proposals_from_labels takes each region's distance transform on its box grown by one
+    # pixel: on the region's pixels it equals the whole image's, bit for bit, also where the
+    # region touches the image's edges (which give no ring) or has holes.
+    from scipy import ndimage
+
+    from tokens.decoders.region import _depth_in_box
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        h, w = rng.integers(5, 40, size=2)
+        labels = ndimage.label(rng.random((h, w)) < rng.uniform(0.3, 0.8))[0]
+        if trial % 3 == 0:
+            labels[:, 0] = labels.max() + 1  # a region along the left edge
+        for lab, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            region = labels == lab
+            (y0, y1), (x0, x1), depth = _depth_in_box(region, box)
+            whole = ndimage.distance_transform_edt(region)
+            assert depth.shape == (y1 - y0, x1 - x0)
+            crop = region[y0:y1, x0:x1]
+            assert (depth[crop] == whole[y0:y1, x0:x1][crop]).all()
+            assert not whole[region].size or depth.max() == whole.max()

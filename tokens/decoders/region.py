@@ -141,6 +141,7 @@ def proposals_from_labels(labels: np.ndarray, vocab: SpatialVocab, min_area: int
     rows = np.clip(pts[:, 1].astype(np.int64), 0, h - 1)
     hit = labels[rows, cols]
     areas = np.bincount(labels.ravel())
+    boxes = ndimage.find_objects(labels)
     masks, out_cells, scores = [], [], []
     for lab in np.unique(hit):
         if lab < 1 or not (min_area <= areas[lab] <= max_area_frac * h * w):
@@ -148,11 +149,26 @@ def proposals_from_labels(labels: np.ndarray, vocab: SpatialVocab, min_area: int
         region = labels == lab
         # The lattice point deepest inside the region represents it: a point prompt there is
         # the least ambiguous one a decoder can get.
-        depth = ndimage.distance_transform_edt(region)
+        (y0, oy), (x0, ox), depth = _depth_in_box(region, boxes[lab - 1])
         idx = np.flatnonzero(hit == lab)
-        best = idx[np.argmax(depth[rows[idx], cols[idx]])]
+        at = depth[rows[idx] - y0, cols[idx] - x0]
+        best = idx[np.argmax(at)]
         masks.append(region)
         out_cells.append(cells[best])
-        scores.append(float(depth[rows[best], cols[best]]))
+        scores.append(float(at.max()))
     stack = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
     return MaskProposals(stack, out_cells, np.asarray(scores, dtype=np.float64))
+
+
+def _depth_in_box(region: np.ndarray, box: tuple[slice, slice]) -> tuple:
+    """The Euclidean distance transform of `region` (distance of each pixel to the nearest
+    pixel outside it) on the region's bounding `box` grown by one pixel, with the crop's
+    origin: ((y0, y1), (x0, x1), depth). Equal to the whole image's transform on every
+    pixel of the region: from a region pixel, the grown box's one-pixel ring lies outside
+    the region and is no farther than any outside pixel beyond it (image edges add no ring,
+    as the whole image's transform has none there)."""
+    h, w = region.shape
+    ys, xs = box
+    y0, y1 = max(ys.start - 1, 0), min(ys.stop + 1, h)
+    x0, x1 = max(xs.start - 1, 0), min(xs.stop + 1, w)
+    return (y0, y1), (x0, x1), ndimage.distance_transform_edt(region[y0:y1, x0:x1])
