@@ -16,7 +16,7 @@ import random
 from contextlib import contextmanager
 from pathlib import Path
 
-from rl.qwen_vocab import CHAT_TEMPLATE
+from rl.qwen_vocab import CHAT_TEMPLATE, chat_template
 
 # Qwen's chat and vision special tokens, in the order the tiny tokenizer gives them ids.
 QWEN_SPECIAL_TOKENS = (
@@ -62,8 +62,9 @@ def _training_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with Qwen's special tokens, trained offline in about a second."""
+def build_tiny_tokenizer(vocab_size: int = 1024, system_turn: bool = True):
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained offline in about a second;
+    its chat template opens with Qwen's default system turn or not (`chat_template`)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -87,7 +88,7 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         padding_side="left",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(system_turn),
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
 
@@ -109,6 +110,7 @@ def build_tiny_qwen2_5_vl(
     rope_factor: float | None = None,
     rope_frequencies: list | None = None,
     vision_pretrain: dict | None = None,
+    system_turn: bool = True,
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialized Qwen2.5-VL with tokenizer and processor; save it to `out_dir`.
@@ -123,6 +125,9 @@ def build_tiny_qwen2_5_vl(
     scaling, every frequency divided by it (with a base below 1 the frequencies rise, so time
     gets the lowest); `rope_frequencies`: every one of the head_dim/2 rates (rad per position)
     given outright, in mrope order (overrides `rope_theta` and `rope_factor`).
+    `system_turn`: whether the chat template opens a conversation that has no system message
+    with Qwen's default one (Qwen's behaviour; the default recipe turns it off: 11 constant
+    tokens of every sample's 58).
     `vision_pretrain`: the fields of `rl.vision_pretrain.TowerPretrainConfig` (steps,
     learning_rate, batch_size, scenes, output_norm): the vision tower is trained on the
     synthetic scenes' object colours and shapes before saving (its figures in
@@ -136,7 +141,7 @@ def build_tiny_qwen2_5_vl(
     )
 
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_tokenizer(tokenizer_vocab_size)
+    tokenizer = build_tiny_tokenizer(tokenizer_vocab_size, system_turn)
     head_dim = hidden_size // num_heads
     if head_dim % 8:
         raise ValueError(f"hidden_size/num_heads = {head_dim} must be a multiple of 8 (mrope)")
@@ -225,7 +230,7 @@ def _explicit_rope(frequencies: list, mrope_section: list, max_positions: int) -
 
 def _processor(tokenizer, image_size: int, merge_size: int):
     """A Qwen2.5-VL processor whose pixel budget is exactly `image_size`² (so every image gives
-    the same visual tokens), with the package's chat template."""
+    the same visual tokens), with the tokenizer's chat template (the package's)."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixels = image_size * image_size
@@ -234,7 +239,7 @@ def _processor(tokenizer, image_size: int, merge_size: int):
                                               merge_size=merge_size),
         video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels,
                                               merge_size=merge_size),
-        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+        tokenizer=tokenizer, chat_template=tokenizer.chat_template or CHAT_TEMPLATE)
 
 
 def _save_with_processor(model, tokenizer, image_size: int, merge_size: int,

@@ -55,6 +55,28 @@ def test_tokenizer_spells_the_chat_templates_own_words_in_few_tokens():
     assert len(system) == 11
 
 
+
+def test_system_turn_is_a_tiny_option_and_changes_nothing_else():
+    # The default recipe leaves out Qwen's default system turn: the same tokenizer (same ids
+    # for every text), and a conversation starts at its first user turn.
+    with_turn, without = build_tiny_tokenizer(), build_tiny_tokenizer(system_turn=False)
+    assert with_turn.get_vocab() == without.get_vocab()
+    msgs = [{"role": "user", "content": "Find the red circle."},
+            {"role": "assistant", "content": "<answer></answer>"}]
+    full = with_turn.apply_chat_template(msgs, tokenize=False)
+    short = without.apply_chat_template(msgs, tokenize=False)
+    assert full == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + short
+    assert short.startswith("<|im_start|>user\nFind the red circle.<|im_end|>")
+    # A conversation that brings its own system message renders the same under both.
+    own = [{"role": "system", "content": "Be brief."}] + msgs
+    assert with_turn.apply_chat_template(own, tokenize=False) == \
+        without.apply_chat_template(own, tokenize=False)
+    enc = without.apply_chat_template(msgs, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+    marked = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    assert without.decode(marked) == "<answer></answer><|im_end|>"
+
+
 def test_mrope_section_is_a_tiny_option(tmp_path):
     from rl.models import build_tiny_qwen2_5_vl
 
