@@ -149,7 +149,7 @@ def proposals_from_labels(labels: np.ndarray, vocab: SpatialVocab, min_area: int
         region = labels == lab
         # The lattice point deepest inside the region represents it: a point prompt there is
         # the least ambiguous one a decoder can get.
-        (y0, oy), (x0, ox), depth = _depth_in_box(region, boxes[lab - 1])
+        (y0, _), (x0, _), depth = _depth_in_box(region, boxes[lab - 1])
         idx = np.flatnonzero(hit == lab)
         at = depth[rows[idx] - y0, cols[idx] - x0]
         best = idx[np.argmax(at)]
