@@ -59,11 +59,16 @@ class PerSampleCollator:
            "mm_token_type_ids": 0, "token_type_ids": 0}
     STACKED = ("pixel_values", "image_grid_thw")
 
-    def __init__(self, inner, pad_token_id: int, max_items: int):
+    def __init__(self, inner, pad_token_id: int, max_items: int, image_processor=None):
         from collections import OrderedDict
 
         self.inner, self.pad_token_id, self.max_items = inner, pad_token_id, max_items
         self.items: OrderedDict = OrderedDict()
+        # With the image processor, remembered pixel values are kept as one byte per value
+        # where that is exact (`PixelCodes`): a quarter of the memory, so four times the
+        # samples fit in the same cache.
+        self.image_processor = image_processor
+        self.codes: PixelCodes | None = None
 
     def _key(self, ex) -> tuple:
         import hashlib
@@ -110,12 +115,31 @@ class PerSampleCollator:
             else:
                 missing[key] = ex
         if missing:
-            for key, out in zip(missing, self._fresh(list(missing.values())), strict=True):
+            fresh = list(missing.values())
+            for key, out in zip(missing, self._fresh(fresh), strict=True):
                 found[key] = out
-                self.items[key] = out
+                self.items[key] = self._pack(out, fresh[0])
             while len(self.items) > self.max_items:
                 self.items.popitem(last=False)
-        return [found[key] for key in keys]
+        return [found[key] if key in missing else self._unpack(found[key]) for key in keys]
+
+    def _pack(self, out: dict, example) -> dict:
+        """What the cache keeps of a sample's results: its pixel values as one-byte codes
+        where they decode exactly (`PixelCodes.encode`), else as they are."""
+        pixels = out.get("pixel_values")
+        if self.image_processor is None or pixels is None:
+            return out
+        if self.codes is None:
+            self.codes = PixelCodes.calibrate(self.image_processor, self._decoded(example).get(
+                "image"))
+        codes = self.codes.encode(pixels)
+        return out if codes is None else {**out, "pixel_values": codes}
+
+    def _unpack(self, kept: dict) -> dict:
+        codes = kept.get("pixel_values")
+        if isinstance(codes, PackedPixels):
+            return {**kept, "pixel_values": self.codes.decode(codes)}
+        return kept
 
     def _split(self, batch: dict, n: int) -> list[dict] | None:
         """The per-sample results inside `batch`, TRL's collation of `n` samples at once, or
@@ -178,6 +202,61 @@ class PerSampleCollator:
         return batch
 
 
+class PackedPixels:
+    """A sample's pixel values as one byte per value (`codes`, uint8, the values' shape)."""
+
+    __slots__ = ("codes",)
+
+    def __init__(self, codes):
+        self.codes = codes
+
+
+class PixelCodes:
+    """Exact one-byte codes for an image processor's pixel values.
+
+    The processor maps a pixel's byte to a float with elementwise arithmetic (rescale,
+    normalize), the same for every pixel of a channel. `calibrate` runs the processor itself
+    on the 256 constant images and keeps, per pixel-value column, the float each byte becomes
+    (a (256, columns) table). A sample's values are then encoded by inverting the column's
+    affine map and rounding, and kept only if the table gives every value back bit for bit
+    (`encode` returns None otherwise: a resized image's interpolated values, another
+    processor); `decode` is one lookup.
+    """
+
+    def __init__(self, table):
+        import torch
+
+        self.table = table
+        self.columns = torch.arange(table.shape[1])
+        self.low = table[0]
+        self.step = (table[255] - table[0]) / 255
+
+    @classmethod
+    def calibrate(cls, image_processor, image=None) -> PixelCodes:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        w, h = image.size if image is not None and hasattr(image, "size") else (112, 112)
+        rows = [image_processor(images=[Image.fromarray(np.full((h, w, 3), v, np.uint8))],
+                                return_tensors="pt")["pixel_values"][0] for v in range(256)]
+        return cls(torch.stack(rows))
+
+    def encode(self, pixels) -> PackedPixels | None:
+        import torch
+
+        if (pixels.dtype != self.table.dtype or pixels.dim() != 2
+                or pixels.shape[1] != self.table.shape[1]):
+            return None
+        codes = ((pixels - self.low) / self.step).round_().clamp_(0, 255).to(torch.uint8)
+        if not torch.equal(self.table[codes.long(), self.columns], pixels):
+            return None
+        return PackedPixels(codes)
+
+    def decode(self, packed: PackedPixels):
+        return self.table[packed.codes.long(), self.columns]
+
+
 def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int | None = None):
     """TRL's SFTTrainer for `model` on `train_dataset` (image, prompt, completion), writing into
     `ctx.output_dir` (a `rl.context.RunContext`). Conversations are rendered to text once
@@ -224,8 +303,9 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
         train_head_rows(trainer.model, new_ids)
     if stage.collate_cache:
         tok = getattr(ctx.processor, "tokenizer", ctx.processor)
-        trainer.data_collator = PerSampleCollator(trainer.data_collator, tok.pad_token_id,
-                                                  stage.collate_cache)
+        trainer.data_collator = PerSampleCollator(
+            trainer.data_collator, tok.pad_token_id, stage.collate_cache,
+            image_processor=getattr(ctx.processor, "image_processor", None))
     return trainer
 
 

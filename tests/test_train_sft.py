@@ -12,7 +12,7 @@ from rl.context import RunContext
 from rl.data.referring import synthetic_records
 from rl.data.samples import BuildConfig, build_sft, load_prompts
 from rl.models import load_model
-from rl.train_sft import PerSampleCollator, sft_trainer
+from rl.train_sft import PackedPixels, PerSampleCollator, PixelCodes, sft_trainer
 from tokens import GridCodec, SpatialVocab
 from tokens.decoders import RegionDecoder
 
@@ -82,9 +82,44 @@ def test_samples_first_seen_together_are_made_in_one_call_and_cut_apart_exactly(
     assert calls == [5]  # one call for the five distinct samples
     for i in set(idx):
         alone = inner([PerSampleCollator._decoded(td[i])])
-        cut = col.items[col._key(td[i])]
+        cut = col._unpack(col.items[col._key(td[i])])
         assert sorted(alone) == sorted(cut) and all(torch.equal(alone[k], cut[k]) for k in alone)
     plain = inner([PerSampleCollator._decoded(td[i]) for i in idx])
     assert all(torch.equal(plain[k], batch[k]) for k in plain)
     col([td[i] for i in (0, 3, 9)])
     assert calls == [5, 1]  # seen samples come from the cache
+
+
+def test_the_cache_keeps_pixels_as_exact_one_byte_codes(grid8_model, tmp_path):
+    """Remembered samples keep their pixel values as one byte each (a quarter of the memory),
+    and a batch from the cache is still TRL's own, tensor for tensor."""
+    ctx, ds, trainer, processor = _setup(grid8_model, tmp_path, collate_cache=64)
+    col, td = trainer.data_collator, trainer.train_dataset
+    idx = [0, 1, 2, 3, 4, 5]
+    col([td[i] for i in idx])  # first sight: made, then kept packed
+    kept = [col.items[col._key(td[i])]["pixel_values"] for i in idx]
+    assert all(isinstance(k, PackedPixels) and k.codes.dtype == torch.uint8 for k in kept)
+    again = col([td[i] for i in idx])  # from the cache, decoded
+    plain = col.inner([PerSampleCollator._decoded(td[i]) for i in idx])
+    assert sorted(again) == sorted(plain)
+    assert all(torch.equal(again[k], plain[k]) for k in plain)
+
+
+def test_pixel_codes_give_values_back_exactly_or_refuse(grid8_model):
+    import numpy as np
+    from PIL import Image
+
+    processor = AutoProcessor.from_pretrained(grid8_model)
+    ip = processor.image_processor
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), np.uint8))
+    codes = PixelCodes.calibrate(ip, image)
+    assert codes.table.shape[0] == 256
+    pixels = ip(images=[image], return_tensors="pt")["pixel_values"]
+    packed = codes.encode(pixels)
+    assert packed is not None and torch.equal(codes.decode(packed), pixels)
+    # A value no byte gives (an interpolated one), another width, another dtype: kept as is.
+    off = pixels.clone()
+    off[3, 7] += 1e-3
+    assert codes.encode(off) is None
+    assert codes.encode(pixels[:, :-1]) is None
+    assert codes.encode(pixels.double()) is None
