@@ -115,23 +115,21 @@ class PerSampleCollator:
             else:
                 missing[key] = ex
         if missing:
-            fresh = list(missing.values())
-            for key, out in zip(missing, self._fresh(fresh), strict=True):
+            for key, out in zip(missing, self._fresh(list(missing.values())), strict=True):
                 found[key] = out
-                self.items[key] = self._pack(out, fresh[0])
+                self.items[key] = self._pack(out)
             while len(self.items) > self.max_items:
                 self.items.popitem(last=False)
         return [found[key] if key in missing else self._unpack(found[key]) for key in keys]
 
-    def _pack(self, out: dict, example) -> dict:
+    def _pack(self, out: dict) -> dict:
         """What the cache keeps of a sample's results: its pixel values as one-byte codes
         where they decode exactly (`PixelCodes.encode`), else as they are."""
         pixels = out.get("pixel_values")
         if self.image_processor is None or pixels is None:
             return out
         if self.codes is None:
-            self.codes = PixelCodes.calibrate(self.image_processor, self._decoded(example).get(
-                "image"))
+            self.codes = PixelCodes.calibrate(self.image_processor)
         codes = self.codes.encode(pixels)
         return out if codes is None else {**out, "pixel_values": codes}
 
@@ -232,13 +230,14 @@ class PixelCodes:
         self.step = (table[255] - table[0]) / 255
 
     @classmethod
-    def calibrate(cls, image_processor, image=None) -> PixelCodes:
+    def calibrate(cls, image_processor) -> PixelCodes:
+        """The table from `image_processor` on the 256 constant images (a constant image
+        stays constant whatever the processor resizes it to, so one size serves all)."""
         import numpy as np
         import torch
         from PIL import Image
 
-        w, h = image.size if image is not None and hasattr(image, "size") else (112, 112)
-        rows = [image_processor(images=[Image.fromarray(np.full((h, w, 3), v, np.uint8))],
+        rows = [image_processor(images=[Image.fromarray(np.full((112, 112, 3), v, np.uint8))],
                                 return_tensors="pt")["pixel_values"][0] for v in range(256)]
         return cls(torch.stack(rows))
 

@@ -112,7 +112,7 @@ def test_pixel_codes_give_values_back_exactly_or_refuse(grid8_model):
     processor = AutoProcessor.from_pretrained(grid8_model)
     ip = processor.image_processor
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), np.uint8))
-    codes = PixelCodes.calibrate(ip, image)
+    codes = PixelCodes.calibrate(ip)
     assert codes.table.shape[0] == 256
     pixels = ip(images=[image], return_tensors="pt")["pixel_values"]
     packed = codes.encode(pixels)

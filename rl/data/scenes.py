@@ -86,12 +86,12 @@ def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     """The bounding box of `mask` grown by `margin` pixels on each side (clipped to the image),
     or None for an empty mask. `binary_dilation(mask, iterations=margin)` reaches no pixel
     outside it, so dilating the crop gives the whole image's dilation there, bit for bit."""
-    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if not len(ys):
+    if not mask.any():
         return None
+    x0, y0, x1, y1 = tight_box_px(mask)
     h, w = mask.shape
-    return (slice(max(int(ys[0]) - margin, 0), min(int(ys[-1]) + 1 + margin, h)),
-            slice(max(int(xs[0]) - margin, 0), min(int(xs[-1]) + 1 + margin, w)))
+    return (slice(max(y0 - margin, 0), min(y1 + margin, h)),
+            slice(max(x0 - margin, 0), min(x1 + margin, w)))
 
 
 def _paint(image: np.ndarray, mask: np.ndarray, colour: str, texture: str,
