@@ -174,6 +174,12 @@ class GRPOStageConfig:
     temperature: float = 1.0
     beta: float = 0.04
     loss_type: str = "grpo"
+    # How TRL scales each completion's advantage (reward minus its group's mean): "group"
+    # (divide by the group's standard deviation, GRPO's rule), "batch", or "none" (Dr. GRPO:
+    # advantages stay in reward units, so a group whose members differ by a few hundredths
+    # of box IoU gets a gradient that small, not one as large as a group that differs in
+    # which object it names).
+    scale_rewards: str = "group"
     weight_decay: float = 0.0
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False  # as in the SFT stage
@@ -214,6 +220,13 @@ class EvalConfig:
     rounds_curve: int = 3
     # The shuffled-expression control on the final model (rl.evaluate.shuffled_rows).
     shuffle_control: bool = True
+    # Each GRPO stage 1's reward on fixed prompts, before and after the stage: the first
+    # `reward_prompts` of its training prompts, `reward_samples` completions each sampled as
+    # the stage samples (rl.evaluate.sampled_rewards), the same seed for both policies, with a
+    # paired interval. The training log's first and last fifth score different prompts; on
+    # this one the difference is the policy's. 0: off.
+    reward_prompts: int = 0
+    reward_samples: int = 8
 
 
 @dataclass

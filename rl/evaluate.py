@@ -2,6 +2,8 @@
 
     python -m rl.evaluate --model runs/default/grpo_stage2 --data runs/data/eval [--rounds 1] \
         [--out runs/eval] [--vllm]
+    python -m rl.evaluate --model runs/default/grpo_stage1 --recipe configs/default.yaml \
+        --split validation --n 3000      # a synthetic recipe's own scenes
 
 `--data` takes one or more folders written by `python -m rl.data --build grpo` (or `rows`);
 results come per dataset and split (the rows' `source` and `split`, or the folder name), per
@@ -50,9 +52,16 @@ class Prediction:
 
 
 def generate(model, processor, conversations: Sequence[list], images: Sequence,
-             max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
-    """Greedy completions for conversations (each with one image), decoded like TRL does."""
+             max_new_tokens: int = 64, batch_size: int = 32, temperature: float | None = None,
+             samples: int = 1) -> list[str]:
+    """Completions for conversations (each with one image), decoded like TRL does: greedy, or
+    with `temperature` `samples` sampled ones per conversation (consecutive in the output)."""
     import torch
+
+    if temperature is None and samples != 1:
+        raise ValueError(f"greedy decoding gives one completion per prompt, not {samples}")
+    how = (dict(do_sample=False) if temperature is None else
+           dict(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=samples))
 
     tok = getattr(processor, "tokenizer", processor)
     side = tok.padding_side
@@ -68,8 +77,8 @@ def generate(model, processor, conversations: Sequence[list], images: Sequence,
             inputs = processor(text=texts, images=imgs, padding=True, return_tensors="pt")
             inputs = inputs.to(model.device)
             with torch.no_grad():
-                ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+                ids = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tok.pad_token_id, **how)
             out += tok.batch_decode(ids[:, inputs["input_ids"].shape[1]:],
                                     skip_special_tokens=True)
     finally:
@@ -249,6 +258,42 @@ def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
     return out, preds
 
 
+def sampled_rewards(model, rows: Sequence[dict], ctx: RunContext, stage, stage_name: str,
+                    samples: int, seed: int = 0, max_new_tokens: int = 64,
+                    batch_size: int = 32) -> list[float]:
+    """Each row's mean weighted reward of stage `stage_name` (a GRPOStageConfig) over `samples`
+    completions sampled at the stage's temperature, scored by the stage's reward functions as
+    TRL scores them (a term that returns None counts 0, as in TRL's nansum).
+
+    torch's random state is forked and seeded with `seed`: two policies are sampled with the
+    same seed, and the caller's random state (a training run's) is left as it was. Fixed rows
+    make the figures of two policies comparable row by row (`paired_difference`), which the
+    training log's reward is not: each logged step scores other prompts."""
+    import torch
+
+    from rl.grpo import build_reward_funcs
+
+    funcs, weights = build_reward_funcs(stage, ctx.vocab, ctx.decoder_spec, stage_name,
+                                        ctx.codec)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        texts = generate(model, ctx.processor, [r["prompt"] for r in rows],
+                         [r["image"] for r in rows], max_new_tokens, batch_size,
+                         temperature=stage.temperature, samples=samples)
+    model.train(was_training)
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    columns = {key: [r[key] for r in rows for _ in range(samples)]
+               for key in ("prompt", "image", "solution")}
+    total = np.zeros(len(texts))
+    for func, weight in zip(funcs, weights, strict=True):
+        values = func(prompts=columns["prompt"], completions=completions,
+                      image=columns["image"], solution=columns["solution"])
+        total += weight * np.array([0.0 if v is None else v for v in values], dtype=float)
+    return total.reshape(len(rows), samples).mean(axis=1).tolist()
+
+
 def at_round(pred: Prediction, r: int) -> Prediction:
     """The prediction as it stood after `r` refinement rounds (0: the proposal); a prediction
     whose refinement stopped earlier (nothing left to refine) keeps its last instances."""
@@ -349,8 +394,17 @@ def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a saved model folder (with spatial_vocab.json)")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="folders written by `python -m rl.data --build grpo` (or rows)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+",
+                        help="folders written by `python -m rl.data --build grpo` (or rows)")
+    source.add_argument("--recipe", default=None,
+                        help="a run's YAML (synthetic data): evaluate on the scenes of its "
+                             "--split, built as that run builds them")
+    p.add_argument("--split", choices=["validation", "eval"], default="validation",
+                   help="with --recipe: the validation scenes (free to tune on; default) or "
+                        "the held-out ones the run reports")
+    p.add_argument("--n", type=int, default=None,
+                   help="with --recipe: this many scenes (default: as many as the run uses)")
     p.add_argument("--rounds", type=int, default=0, help="refinement rounds (0: grid only)")
     p.add_argument("--decoder", default="region",
                    help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
@@ -395,7 +449,13 @@ def main(argv=None) -> dict:
     model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(
         a.model, use_kernels=False).eval()
     rows, names = [], []
-    for folder in a.data:
+    if a.recipe:
+        from rl.config import load_config
+        from rl.pipeline import recipe_rows
+
+        rows = recipe_rows(load_config(a.recipe), a.split, a.n)
+        names = [dataset_name(r, a.split) for r in rows]
+    for folder in a.data or []:
         ds = load_from_disk(folder)
         part = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
         if part and "prompt" not in part[0]:  # `--build rows`: ask the stage-1 question

@@ -227,6 +227,34 @@ def curriculum_dataset(first: list[dict], rows: list[dict], sft, seed: int, proc
     return ds, {"train_sampling_strategy": "sequential"}
 
 
+def build_config(cfg: RunConfig, vocab, codec):
+    """How a recipe's records become samples (rl.data.samples.BuildConfig)."""
+    from rl.data.samples import BuildConfig
+
+    return BuildConfig(vocab=vocab, codec=codec, min_iou=cfg.data.min_iou,
+                       refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
+                       refinement_share=cfg.sft.refinement_share,
+                       caption_share=cfg.sft.caption_share,
+                       image_after_text=cfg.data.image_after_text, seed=cfg.seed)
+
+
+def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
+    """The GRPO-style rows (prompt, image, solution, kind, ...) a run of recipe `cfg` asks about
+    on its synthetic `split` ("eval": the held-out scenes, "validation": the scenes free to
+    tune on), the first `n` (default: as many as the run uses), built as the run builds them."""
+    from rl.data.samples import build_grpo_stage1
+
+    if split not in ("eval", "validation"):
+        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
+    if n is not None and split == "eval":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
+    elif n is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
+    ctx = RunContext.from_config(cfg, processor=None)
+    return list(build_grpo_stage1(records(cfg, split), ctx.prompts,
+                                  build_config(cfg, ctx.vocab, ctx.codec)))
+
+
 class Pipeline:
     """Runs the stages of a RunConfig; `run()` returns the metrics written to metrics.json."""
 
@@ -239,6 +267,7 @@ class Pipeline:
         self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
         self.curves = None
+        self.fixed_prompts: dict | None = None  # stage 1's reward on fixed prompts (eval)
         # The latest evaluation's predictions and the stage they came from (pictures, the
         # shuffled control's paired difference).
         self.last_predictions: list | None = None
@@ -251,14 +280,7 @@ class Pipeline:
 
     def build_config(self):
         """How this run's records become samples (rl.data.samples.BuildConfig)."""
-        from rl.data.samples import BuildConfig
-
-        cfg = self.cfg
-        return BuildConfig(vocab=self.vocab, codec=self.codec, min_iou=cfg.data.min_iou,
-                           refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
-                           refinement_share=cfg.sft.refinement_share,
-                           caption_share=cfg.sft.caption_share,
-                           image_after_text=cfg.data.image_after_text, seed=cfg.seed)
+        return build_config(self.cfg, self.vocab, self.codec)
 
     def stage_context(self, name: str) -> RunContext:
         """The run context of stage `name`: it writes into `output_dir/name`."""
@@ -344,6 +366,33 @@ class Pipeline:
         self.metrics["rewards"][name] = out
         return out
 
+    def _fixed_prompt_rewards(self, model, rows: list[dict]) -> list[float] | None:
+        """Stage 1's reward per fixed training prompt (`eval.reward_prompts`), or None when
+        off."""
+        from rl.evaluate import sampled_rewards
+
+        e = self.cfg.eval
+        if not e.reward_prompts:
+            return None
+        return sampled_rewards(model, rows[: e.reward_prompts], self.ctx, self.cfg.grpo_stage1,
+                               "grpo_stage1", e.reward_samples, seed=self.cfg.seed,
+                               max_new_tokens=self.cfg.grpo_stage1.max_completion_length,
+                               batch_size=e.batch_size)
+
+    def _fixed_prompt_change(self, before: list[float], after: list[float]) -> None:
+        """Record (metrics.json `rewards.grpo_stage1.fixed_prompts`) and log stage 1's reward
+        on the fixed prompts before and after it, with the paired interval of the change."""
+        from rl.metrics import paired_difference
+
+        d = paired_difference(after, before)
+        self.fixed_prompts = {**d, "prompts": len(before),
+                              "per_prompt": self.cfg.eval.reward_samples,
+                              "before": float(np.mean(before)), "after": float(np.mean(after))}
+        ci = "" if d["interval"] is None else " [{:+.3f}, {:+.3f}]".format(*d["interval"])
+        log(f"grpo_stage1 reward on {len(before)} fixed training prompts "
+            f"({self.cfg.eval.reward_samples} samples each): {np.mean(before):.3f} -> "
+            f"{np.mean(after):.3f}, {d['difference']:+.3f}{ci}")
+
     def _stage(self, name: str, train, model, current: Path, rounds: int = 0):
         """Run stage `name` unless an earlier run finished it: `train(model)` returns the
         trained model and its log; then reward plots (GRPO), evaluation, `stage.json` and
@@ -360,6 +409,9 @@ class Pipeline:
         model, hist = train(model)
         if name.startswith("grpo"):
             self.reward_summary(name, hist)
+            if name == "grpo_stage1" and self.fixed_prompts is not None:
+                self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
+                    self.fixed_prompts)
             plot_rewards(hist, self.out / "plots", name)
         if self.cfg.eval.enabled:
             self.evaluate(name, model, rounds=rounds)
@@ -453,8 +505,13 @@ class Pipeline:
                 ds = Dataset.from_list(grpo_rows).select_columns(["image", "prompt", "solution"])
                 log(f"grpo_stage1: {len(ds)} prompts, {s1.max_steps} steps, "
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
-                return run_grpo(s1, "grpo_stage1", self.stage_context("grpo_stage1"), model, ds,
-                                reference=reference)
+                before = self._fixed_prompt_rewards(model, grpo_rows)
+                model, hist = run_grpo(s1, "grpo_stage1", self.stage_context("grpo_stage1"),
+                                       model, ds, reference=reference)
+                if before is not None:
+                    self._fixed_prompt_change(before, self._fixed_prompt_rewards(model,
+                                                                                 grpo_rows))
+                return model, hist
 
             model = self._stage("grpo_stage1", train_stage1, model, current)
             current = self.out / "grpo_stage1"
@@ -814,6 +871,12 @@ class Pipeline:
                 log(f"{stage} mean reward, first fifth -> last fifth: " + ", ".join(
                     f"{k.removeprefix('rewards/').removesuffix('/mean')} "
                     f"{v['first_fifth']:.3f} -> "
-                    f"{v['last_fifth']:.3f}" for k, v in terms.items()))
+                    f"{v['last_fifth']:.3f}" for k, v in terms.items() if "first_fifth" in v))
+            fixed = terms.get("fixed_prompts")
+            if fixed:
+                lo, hi = fixed["interval"] or (math.nan, math.nan)
+                log(f"{stage} reward on {fixed['prompts']} fixed training prompts, before -> "
+                    f"after: {fixed['before']:.3f} -> {fixed['after']:.3f}, "
+                    f"{fixed['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {fixed['verdict']}")
         log(f"metrics: {self.out / 'metrics.json'}; plots: {self.out / 'plots'}; pictures: "
             f"{self.out / 'pictures'}; total {self.metrics['seconds']['total']:.0f} s")

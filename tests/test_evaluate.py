@@ -91,6 +91,30 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
     assert len(preds) == 8 and {"id", "dataset", "stage1", "iou"} <= set(preds[0])
 
 
+def test_a_recipes_validation_scenes_are_the_ones_its_run_builds(grid8_model, tmp_path):
+    from pathlib import Path
+
+    from rl.config import load_config
+    from rl.evaluate import main
+    from rl.pipeline import records, recipe_rows
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: {root / 'configs' / 'default.yaml'}\nmodel: {{grid_size: 8}}\n"
+                      f"data: {{prompts: {root / 'configs' / 'default_prompts.yaml'}}}\n")
+    cfg = load_config(recipe)
+    rows = recipe_rows(cfg, "validation", 3)
+    # the first 3 of the run's validation scenes (eval.curve_samples of them), not held-out ones
+    assert [r["solution"] for r in rows] == [
+        r["solution"] for r in recipe_rows(cfg, "validation")[:3]]
+    assert [r["expression"] for r in rows] == [r.expression for r in records(cfg, "validation")[:3]]
+    assert [r["solution"] for r in rows] != [r["solution"] for r in recipe_rows(cfg, "eval", 3)]
+    out = main(["--model", str(grid8_model), "--recipe", str(recipe), "--n", "3",
+                "--max-new-tokens", "6"])
+    (name, entry), = out["results"].items()
+    assert name.endswith("validation") and entry["per_expression"]["samples"] == 3
+
+
 def test_asking_for_vllm_without_it_says_how_to_get_it(grid8_model, tmp_path):
     import pytest
 
@@ -166,3 +190,40 @@ def test_rounds_curve_scores_each_round_from_one_pass():
     assert per_round[0][0].iou == 0.0 and per_round[1][0].iou > 0.95
     assert curve[1]["gIoU"] > curve[0]["gIoU"]
     assert curve_line(curve).startswith("0 rounds: gIoU 0.000")
+
+
+def test_sampled_rewards_score_each_rows_samples_with_the_stage_weights(grid8_model):
+    import pytest
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rewards.stage1 import format_reward, non_repeat_reward
+    from rl.config import GRPOStageConfig
+    from rl.evaluate import generate, sampled_rewards
+
+    model = AutoModelForImageTextToText.from_pretrained(grid8_model).train()  # as in a trainer
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    v = SpatialVocab(8)
+    rows = list(build_grpo_stage1(synthetic_records(3, seed=2), load_prompts(),
+                                  BuildConfig(vocab=v)))
+    ctx = RunContext(vocab=v, codec=GridCodec(v), decoder_spec=RegionDecoder(), processor=proc,
+                     prompts={})
+    stage = GRPOStageConfig(temperature=1.5, rewards={"format": 1.0, "non_repeat": 0.5})
+    state = torch.get_rng_state()
+    got = sampled_rewards(model, rows, ctx, stage, "grpo_stage1", samples=4, seed=7,
+                          max_new_tokens=10, batch_size=2)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    assert model.training  # left in the mode it was in
+    model.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        texts = generate(model, proc, [r["prompt"] for r in rows], [r["image"] for r in rows],
+                         10, 2, temperature=1.5, samples=4)
+    assert len(set(texts)) > 3  # sampled, not greedy
+    per = [f + 0.5 * n for f, n in zip(format_reward(texts), non_repeat_reward(texts),
+                                       strict=True)]
+    assert got == pytest.approx([np.mean(per[4 * i: 4 * i + 4]) for i in range(3)])
+    assert got == sampled_rewards(model, rows, ctx, stage, "grpo_stage1", samples=4, seed=7,
+                                  max_new_tokens=10, batch_size=2)
+    with pytest.raises(ValueError, match="greedy"):
+        generate(model, proc, [rows[0]["prompt"]], [rows[0]["image"]], samples=2)

@@ -32,7 +32,8 @@ def tiny_overrides(out: Path) -> dict:
                         "logging_steps": 1},
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3,
                         "logging_steps": 1},
-        "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4},
+        "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4, "reward_prompts": 3,
+                 "reward_samples": 2},
     }, keep_parts=True)
 
 
@@ -117,6 +118,15 @@ def test_logged_reward_terms_match_the_config(run):
     assert set(metrics["evaluation"]) == {"untrained", "sft", "grpo_stage1", "grpo_stage2"}
     assert (out / "metrics.json").is_file() and list((out / "plots").glob("grpo_stage1_*.png"))
     assert len(list((out / "pictures").glob("[0-9]*.png"))) == 2
+
+
+def test_stage1_reward_on_fixed_prompts_before_and_after(run, capsys):
+    out, metrics, seen = run
+    fixed = metrics["rewards"]["grpo_stage1"]["fixed_prompts"]
+    assert (fixed["prompts"], fixed["per_prompt"], fixed["samples"]) == (3, 2, 3)
+    assert fixed["difference"] == pytest.approx(fixed["after"] - fixed["before"])
+    assert 0 <= fixed["before"] <= 4.5 and 0 <= fixed["after"] <= 4.5  # default weights' range
+    assert "prompts" in seen["grpo_stage1"]  # scored by the stage's own reward functions
 
 
 def test_finished_stages_are_skipped_on_resume(run, capsys):
