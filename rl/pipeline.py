@@ -374,6 +374,11 @@ class Pipeline:
         e = self.cfg.eval
         if not e.reward_prompts:
             return None
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if processes > 1:  # each process holds a shard of the model (ZeRO-3) or a copy
+            log(f"stage 1's reward on fixed prompts (eval.reward_prompts) is measured in "
+                f"single-process runs only: off for this run of {processes} processes")
+            return None
         return sampled_rewards(model, rows[: e.reward_prompts], self.ctx, self.cfg.grpo_stage1,
                                "grpo_stage1", e.reward_samples, seed=self.cfg.seed,
                                max_new_tokens=self.cfg.grpo_stage1.max_completion_length,

@@ -358,3 +358,14 @@ def test_vision_lr_scale_gives_the_tower_its_own_rate(tiny_model_dirs, tmp_path)
     for name, q in names.items():
         assert rate[id(q)] == pytest.approx(1e-4 if id(q) in tower else 1e-3), name
         assert decay[id(q)] == (0.1 if name in decayed else 0.0), name
+
+
+def test_fixed_prompt_rewards_are_measured_in_single_process_runs_only(tmp_path, monkeypatch,
+                                                                      capsys):
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path),
+        "data": {"prompts": str(ROOT / "configs" / "default_prompts.yaml")}})
+    assert cfg.eval.reward_prompts
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert Pipeline(cfg)._fixed_prompt_rewards(None, [{}]) is None
+    assert "single-process runs only" in capsys.readouterr().out
