@@ -451,7 +451,7 @@ def main(argv=None) -> dict:
     rows, names = [], []
     if a.recipe:
         from rl.config import load_config
-        from rl.pipeline import recipe_rows
+        from rl.data.splits import recipe_rows
 
         rows = recipe_rows(load_config(a.recipe), a.split, a.n)
         names = [dataset_name(r, a.split) for r in rows]

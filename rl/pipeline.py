@@ -23,6 +23,16 @@ import numpy as np
 
 from rl.config import STAGES, RunConfig, differences, load_config, stage_key, to_dict
 from rl.context import RunContext
+from rl.data.splits import (  # noqa: F401 (re-exported: the pipeline's names)
+    SPLIT_SEEDS,
+    build_config,
+    curriculum_samples,
+    curriculum_scenes,
+    data_workers,
+    local_cores,
+    recipe_rows,
+    records,
+)
 from rl.files import write_json
 
 
@@ -74,18 +84,6 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
             f"{diff[:600]}). Use another output_dir, or remove {out} to start over.")
 
 
-def data_workers(cfg: RunConfig) -> int:
-    """Processes that build synthetic scenes and SFT rows (rl.data.parallel): the run's CPU
-    threads, or the cores this process may use divided among the local processes."""
-    return int(cfg.cpu_threads) if cfg.cpu_threads else local_cores()
-
-
-def local_cores() -> int:
-    """The cores this process may use, divided among the local processes of the launch."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    return max(1, len(os.sched_getaffinity(0)) // max(local, 1))
-
-
 def set_cpu_threads(threads: int | None) -> None:
     """On a CPU run, use `threads` torch threads (None: the cores this process may use,
     divided among the local processes)."""
@@ -95,54 +93,6 @@ def set_cpu_threads(threads: int | None) -> None:
     if torch.cuda.is_available():
         return
     torch.set_num_threads(local_cores() if threads is None else threads)
-
-
-# Synthetic scenes of each split come from their own seed (data.seed + this): training,
-# held-out (reported), validation (learning curves, free to tune on).
-SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "validation": 2_000_003,
-               "curriculum": 3_000_003}
-
-
-def records(cfg: RunConfig, split: str):
-    """Training, held-out or validation records: synthetic (each split from its own seed) or
-    rows from `python -m rl.data --build rows` (no validation split)."""
-    from rl.data.common import Record
-    from rl.data.parallel import in_processes
-    from rl.data.referring import synthetic_records
-
-    d = cfg.data
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_SEEDS)}")
-    if d.source == "synthetic":
-        seed = d.seed + SPLIT_SEEDS[split]
-        objects = d.train_objects if split == "train" and d.train_objects else d.objects
-        kinds, distractors = d.kinds, d.distractors
-        if split == "curriculum":
-            objects = d.curriculum_objects
-            kinds = d.curriculum_kinds or kinds
-            distractors = d.curriculum_distractors or distractors
-            if max(objects) < 2:  # a lone shape admits no relation and no multi-target
-                kinds = {k: w for k, w in kinds.items() if k not in ("relation", "multi")}
-        n = {"train": d.n_train, "eval": d.n_eval, "validation": cfg.eval.curve_samples,
-             "curriculum": curriculum_scenes(cfg.sft)}[split]
-        return in_processes(
-            lambda lo, hi: list(synthetic_records(hi - lo, seed, d.image_size, tuple(objects),
-                                                  kinds, tuple(d.textures),
-                                                  distractors=distractors, start=lo)),
-            n, data_workers(cfg))
-    from datasets import load_from_disk
-
-    if split in ("validation", "curriculum"):
-        raise ValueError(f"{split} scenes (eval.curve_every, sft.curriculum_steps) are "
-                         "synthetic: only data.source synthetic has them")
-    folder = d.train_dir if split == "train" else d.eval_dir
-    if folder is None:
-        raise ValueError(f"data.{split}_dir is needed for data.source {d.source!r}")
-    ds = load_from_disk(folder)
-    n = d.n_train if split == "train" else d.n_eval
-    return [Record(r["id"], r["source"], np.asarray(r["image"].convert("RGB")), r["expression"],
-                   json.loads(r["solution"]), r.get("kind", ""))
-            for r in ds.select(range(min(n, len(ds))))]
 
 
 def reading_summary(m: dict) -> str:
@@ -177,17 +127,6 @@ def picture_caption(row: dict, pred) -> str:
     if not sc.parsed:
         tail += " - answer did not parse"
     return f"{head}\n{tail}"
-
-
-def curriculum_samples(sft) -> int:
-    """Samples the curriculum's first `sft.curriculum_steps` steps take."""
-    return sft.curriculum_steps * sft.batch_size * sft.gradient_accumulation_steps
-
-
-def curriculum_scenes(sft) -> int:
-    """Distinct scenes the curriculum is built from: `sft.curriculum_scenes`, or one per
-    sample."""
-    return sft.curriculum_scenes or curriculum_samples(sft)
 
 
 def _passes(n_items: int, n_out: int, rng, start: int = 0) -> list[int]:
@@ -225,34 +164,6 @@ def curriculum_dataset(first: list[dict], rows: list[dict], sft, seed: int, proc
         ds = render_conversations(ds, processor)
     ds = ds.select(head + _passes(len(rows), n_rest, rng, start=n_scenes))
     return ds, {"train_sampling_strategy": "sequential"}
-
-
-def build_config(cfg: RunConfig, vocab, codec):
-    """How a recipe's records become samples (rl.data.samples.BuildConfig)."""
-    from rl.data.samples import BuildConfig
-
-    return BuildConfig(vocab=vocab, codec=codec, min_iou=cfg.data.min_iou,
-                       refinement=cfg.sft.refinement, n_points=cfg.sft.refinement_points,
-                       refinement_share=cfg.sft.refinement_share,
-                       caption_share=cfg.sft.caption_share,
-                       image_after_text=cfg.data.image_after_text, seed=cfg.seed)
-
-
-def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
-    """The GRPO-style rows (prompt, image, solution, kind, ...) a run of recipe `cfg` asks about
-    on its synthetic `split` ("eval": the held-out scenes, "validation": the scenes free to
-    tune on), the first `n` (default: as many as the run uses), built as the run builds them."""
-    from rl.data.samples import build_grpo_stage1
-
-    if split not in ("eval", "validation"):
-        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
-    if n is not None and split == "eval":
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
-    elif n is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
-    ctx = RunContext.from_config(cfg, processor=None)
-    return list(build_grpo_stage1(records(cfg, split), ctx.prompts,
-                                  build_config(cfg, ctx.vocab, ctx.codec)))
 
 
 class Pipeline:

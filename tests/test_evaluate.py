@@ -95,8 +95,8 @@ def test_a_recipes_validation_scenes_are_the_ones_its_run_builds(grid8_model, tm
     from pathlib import Path
 
     from rl.config import load_config
+    from rl.data.splits import recipe_rows, records
     from rl.evaluate import main
-    from rl.pipeline import recipe_rows, records
 
     root = Path(__file__).resolve().parents[1]
     recipe = tmp_path / "recipe.yaml"

@@ -1,0 +1,35 @@
+"""rl.data.splits: each synthetic split of a recipe from its own seed, rows built as a run
+builds them, bad split names refused."""
+
+from pathlib import Path
+
+import pytest
+
+from rl.config import load_config
+from rl.data.splits import SPLIT_SEEDS, recipe_rows, records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_recipe(tmp_path):
+    return load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
+            "n_eval": 4, "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "eval": {"curve_samples": 4}})
+
+
+def test_splits_have_their_own_seeds_and_rows_follow_the_records(tmp_path):
+    assert len(set(SPLIT_SEEDS.values())) == len(SPLIT_SEEDS)
+    cfg = small_recipe(tmp_path)
+    held_out, validation = records(cfg, "eval"), records(cfg, "validation")
+    assert len(held_out) == len(validation) == 4
+    assert [r.expression for r in held_out] != [r.expression for r in validation]
+    rows = recipe_rows(cfg, "eval")
+    assert [r["expression"] for r in rows] == [r.expression for r in held_out]
+    assert [r["expression"] for r in recipe_rows(cfg, "eval", 2)] == [
+        r.expression for r in held_out[:2]]  # the first n of the same scenes
+
+
+def test_evaluation_rows_come_from_eval_or_validation_only(tmp_path):
+    with pytest.raises(ValueError, match="'eval' or 'validation'"):
+        recipe_rows(small_recipe(tmp_path), "train")
