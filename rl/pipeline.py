@@ -355,14 +355,13 @@ class Pipeline:
         init_dir = prepare_model(cfg.model, self.out, cfg.seed)
         log(f"model with the spatial vocabulary: {init_dir}")
         train = records(cfg, "train")
-        held_out = records(cfg, "eval")
         build = self.build_config()
-        self.eval_rows = list(build_grpo_stage1(held_out, self.prompts, build))
+        self.eval_rows = recipe_rows(cfg, "eval")
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
             f"({cfg.data.source})")
         self.ctx.processor = AutoProcessor.from_pretrained(init_dir)
         if cfg.eval.curve_every:
-            self.curves = self._curve_callback(build)
+            self.curves = self._curve_callback()
         model, current = None, init_dir
 
         if cfg.eval.enabled and "untrained" not in self._done_evals():
@@ -519,10 +518,9 @@ class Pipeline:
             f"{m['gIoU']:.3f}")
         return m
 
-    def _curve_callback(self, build):
+    def _curve_callback(self):
         """Learning curves on validation scenes (rl.curves), added to every trainer."""
         from rl.curves import CurveCallback
-        from rl.data.samples import build_grpo_stage1
         from rl.evaluate import EvalSettings
 
         e = self.cfg.eval
@@ -531,7 +529,7 @@ class Pipeline:
             log(f"learning curves (eval.curve_every) are measured in single-process runs only: "
                 f"off for this run of {processes} processes")
             return None
-        rows = list(build_grpo_stage1(records(self.cfg, "validation"), self.prompts, build))
+        rows = recipe_rows(self.cfg, "validation")
         settings = EvalSettings(0, e.max_new_tokens, e.batch_size)
         callback = CurveCallback(rows, self.ctx, settings, e.curve_every,
                                  self.out / "curves.json")

@@ -98,9 +98,10 @@ def build_config(cfg: RunConfig, vocab, codec):
 
 
 def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
-    """The GRPO-style rows (prompt, image, solution, kind, ...) a run of recipe `cfg` asks about
-    on its synthetic `split` ("eval": the held-out scenes, "validation": the scenes free to
-    tune on), the first `n` (default: as many as the run uses), built as the run builds them."""
+    """The GRPO-style rows (prompt, image, solution, kind, ...) a run of recipe `cfg` evaluates
+    on `split` ("eval": the held-out records, synthetic or `data.eval_dir`; "validation": the
+    synthetic scenes free to tune on), the first `n` (default: as many as the run uses): the
+    pipeline's own held-out and learning-curve rows."""
     from rl.data.samples import build_grpo_stage1
 
     if split not in ("eval", "validation"):
