@@ -71,6 +71,9 @@ class DataConfig:
     kinds: dict = field(default_factory=lambda: {"attribute": 0.4, "relation": 0.15,
                                                  "superlative": 0.15, "multi": 0.15,
                                                  "none": 0.15})
+    # Expression kinds of the training scenes when they differ from the held-out mix (null:
+    # `kinds`); the held-out and validation scenes always keep `kinds`, the stated mix.
+    train_kinds: dict | None = None
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
     # "share": every distractor shares the named object's colour or shape (reading needed);
     # "colour": one shape in distinct colours; "shape": one colour in distinct shapes; "any":

@@ -39,6 +39,10 @@ def test_body_says_vocabulary_recipe_data_results_and_use():
     assert "| gIoU | 24.9 | [22.5, 27.4] |" in text
     assert f"{cfg['data']['n_train']} training scenes" in text
     assert 'Grounder("path/to/this/folder")' in text and "python -m rl.infer" in text
+    assert "training scenes:" not in text  # one mix for every split
+    cfg["data"]["train_kinds"] = {"attribute": 0.5, "superlative": 0.5}
+    text = card.card_text(cfg, "grpo_stage1", EVALUATION)
+    assert "(training scenes: attribute 0.5, superlative 0.5)" in text
 
 
 def test_card_before_evaluation_and_for_a_hub_base(tmp_path):

@@ -33,3 +33,17 @@ def test_splits_have_their_own_seeds_and_rows_follow_the_records(tmp_path):
 def test_evaluation_rows_come_from_eval_or_validation_only(tmp_path):
     with pytest.raises(ValueError, match="'eval' or 'validation'"):
         recipe_rows(small_recipe(tmp_path), "train")
+
+
+def test_train_kinds_change_the_training_scenes_only(tmp_path):
+    base = small_recipe(tmp_path)
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
+            "n_train": 12, "n_eval": 12, "train_kinds": {"superlative": 1.0},
+            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "eval": {"curve_samples": 12}})
+    assert {r.kind for r in records(cfg, "train")} == {"superlative"}
+    for split in ("eval", "validation"):  # the stated held-out mix is kept
+        assert len({r.kind for r in records(cfg, split)}) > 1
+    held_out = [r.expression for r in records(cfg, "eval")]
+    assert held_out[:4] == [r.expression for r in records(base, "eval")]

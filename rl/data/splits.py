@@ -57,7 +57,8 @@ def records(cfg: RunConfig, split: str):
     if d.source == "synthetic":
         seed = d.seed + SPLIT_SEEDS[split]
         objects = d.train_objects if split == "train" and d.train_objects else d.objects
-        kinds, distractors = d.kinds, d.distractors
+        kinds = d.train_kinds if split == "train" and d.train_kinds else d.kinds
+        distractors = d.distractors
         if split == "curriculum":
             objects = d.curriculum_objects
             kinds = d.curriculum_kinds or kinds
