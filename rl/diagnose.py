@@ -9,19 +9,26 @@ object"). Three questions, each a subcommand:
   shape confusion table;
 - `inventory`: for a model trained with `think: "{scene}"`, how well its think lists the
   scene's objects (count, names, boxes) and whether its answer copies the entry the expression
-  names.
+  names;
+- `refinements`: on scenes of the run's own task (its objects, kinds and distractors), the
+  model's greedy proposal, its own refinement round, and the oracle's round (the targets the
+  stage-2 rewards score as right, `rl.data.policy_refinement.refinement_lines`): gIoU after
+  each with paired intervals (the oracle's is the most one round can give these proposals),
+  and what the model did to each point the oracle would keep, move or delete.
 
     python -m rl.diagnose attributes runs/default [--stage sft] [--n 400]
     python -m rl.diagnose captions runs/x --objects 2 4
     python -m rl.diagnose inventory runs/x --objects 2 2 --distractors shape
+    python -m rl.diagnose refinements runs/default --stage grpo_stage2 --n 1000
 
 Scenes come from seed `data.seed + 2,000,014` (neither training, held-out nor validation) and
-carry attribute rows only. Prints one JSON object.
+carry attribute rows only (`refinements`: the run's expression kinds). Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -113,12 +120,94 @@ def inventory_table(recs: Sequence[Record], outputs: Sequence[str], vocab) -> di
             "rows": len(recs)}
 
 
-def _scenes(cfg, n: int, objects, distractors: str) -> list[Record]:
+def point_op(op) -> str:
+    """A refinement's op on one point: "delete" (None), "keep" (`<off_0_0>`) or "move"."""
+    return "delete" if op is None else ("keep" if tuple(op) == (0, 0) else "move")
+
+
+def _op_key(op):
+    return None if op is None else tuple(op)
+
+
+def refinement_table(refinements: Sequence, oracles: Sequence[Sequence]) -> dict:
+    """The model's refinements (`ParsedRefinement`, or None where it gave none) against the
+    oracle's lines ((box offsets, point ops) per proposed instance) of the same proposals:
+    how many lines were well formed, and for the points of well-formed lines, what the model
+    did (keep / move / delete, shares) to those the oracle keeps, moves or deletes, with the
+    share of exact agreement; box corners likewise (the same offset as the oracle's)."""
+    lines = Counter()
+    points = {o: Counter() for o in ("keep", "move", "delete")}
+    exact = Counter()
+    corners = Counter()
+    for ref, oracle in zip(refinements, oracles, strict=True):
+        for k, (obox, oseg) in enumerate(oracle):
+            line = ref.lines[k] if ref is not None and k < len(ref.lines) else None
+            if line is None or not line.well_formed:
+                lines["malformed or missing"] += 1
+                continue
+            lines["well_formed"] += 1
+            for mine, want in zip(line.seg or [], oseg or []):
+                points[point_op(want)][point_op(mine)] += 1
+                exact["points"] += _op_key(mine) == _op_key(want)
+            for mine, want in zip(line.box or [], obox or []):
+                corners["n"] += 1
+                corners["as_oracle"] += _op_key(mine) == _op_key(want)
+    n_points = sum(sum(c.values()) for c in points.values())
+    return {
+        "lines": dict(lines),
+        "points": {o: {"n": sum(c.values()),
+                       **{m: c[m] / max(1, sum(c.values())) for m in ("keep", "move", "delete")}}
+                   for o, c in points.items()},
+        "points_as_oracle": exact["points"] / n_points if n_points else None,
+        "box_corners": corners["n"],
+        "box_corners_as_oracle": corners["as_oracle"] / corners["n"] if corners["n"] else None,
+    }
+
+
+def _scenes(cfg, n: int, objects, distractors: str, kinds=None) -> list[Record]:
     from rl.data.referring import synthetic_records
 
     return list(synthetic_records(n, cfg.data.seed + SEED_OFFSET, cfg.data.image_size,
-                                  tuple(objects), {"attribute": 1.0}, tuple(cfg.data.textures),
-                                  distractors=distractors))
+                                  tuple(objects), kinds or {"attribute": 1.0},
+                                  tuple(cfg.data.textures), distractors=distractors))
+
+
+def refinement_report(model, rows: Sequence[dict], ctx, max_new_tokens: int) -> dict:
+    """`refinements` (module doc) on GRPO-style rows."""
+    from rewards.solution import parse_solution
+    from rl.data.policy_refinement import refinement_lines
+    from rl.evaluate import EvalSettings, at_round, predict, score
+    from rl.metrics import paired_difference
+    from tokens.refine import apply_refinement, serialize_refinement
+
+    preds = predict(model, [r["prompt"] for r in rows], [r["image"] for r in rows], ctx,
+                    EvalSettings(1, max_new_tokens, 64))
+    proposals = [at_round(p, 0) for p in preds]
+    oracles, refined, answers = [], [], []
+    for k, (p, row) in enumerate(zip(proposals, rows, strict=True)):
+        lines = (refinement_lines(p.instances, parse_solution(row["solution"], row=k), ctx.vocab)
+                 if p.instances else [])
+        oracles.append(lines)
+        answers.append(preds[k].answers[1] if len(preds[k].answers) > 1 else None)
+        moved = (apply_refinement(p.instances, serialize_refinement(lines, vocab=ctx.vocab),
+                                  ctx.vocab) if lines else p.instances)
+        refined.append(dataclasses.replace(p, instances=moved))
+
+    def ious(ps):
+        return [s.iou for s in score(ps, [r["image"] for r in rows], [r["solution"] for r in rows],
+                                     ctx.decoder())]
+
+    base, own, best = ious(proposals), ious([at_round(p, 1) for p in preds]), ious(refined)
+
+    def gain(x):
+        d = paired_difference(x, base)
+        return {"difference": d["difference"], "interval": d["interval"]}
+
+    return {"rows": len(rows), "with_proposal": sum(bool(p.instances) for p in proposals),
+            "gIoU": {"proposal": sum(base) / len(base), "model_round": sum(own) / len(own),
+                     "oracle_round": sum(best) / len(best)},
+            "model_round_minus_proposal": gain(own), "oracle_round_minus_proposal": gain(best),
+            **refinement_table(answers, oracles)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -132,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(prog="python -m rl.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["attributes", "captions", "inventory"])
+    p.add_argument("what", choices=["attributes", "captions", "inventory", "refinements"])
     p.add_argument("run", help="a run folder (config.json and the stage's checkpoint)")
     p.add_argument("--stage", default="sft")
     p.add_argument("--n", type=int, default=400, help="scenes")
@@ -149,6 +238,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ctx = RunContext.from_config(cfg, processor)
     build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec,
                         image_after_text=cfg.data.image_after_text)
+    if args.what == "refinements":
+        recs = _scenes(cfg, args.n, args.objects or cfg.data.objects, cfg.data.distractors,
+                       cfg.data.kinds)
+        rows = list(build_grpo_stage1(recs, ctx.prompts, build))
+        result = refinement_report(model, rows, ctx, args.max_new_tokens)
+        result = {"run": args.run, "stage": args.stage, "what": args.what, **result}
+        print(json.dumps(result, indent=2))
+        return result
     recs = _scenes(cfg, args.n, args.objects or cfg.data.objects, args.distractors)
     recs = [r for r in recs if len(r.extra["targets"]) == 1]
     if args.what == "captions":

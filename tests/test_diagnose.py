@@ -7,7 +7,13 @@ from rl.data.common import Record
 from rl.data.referring import scene_json, synthetic_records
 from rl.data.samples import caption_text, scene_text
 from rl.data.scenes import SceneObject
-from rl.diagnose import attribute_table, caption_table, inventory_table, telling_attribute
+from rl.diagnose import (
+    attribute_table,
+    caption_table,
+    inventory_table,
+    refinement_table,
+    telling_attribute,
+)
 from tokens import SpatialVocab, serialize_answer
 from tokens.answer import Instance
 
@@ -77,7 +83,7 @@ def test_inventory_table_of_perfect_and_wrong_answers():
     assert inventory_table(recs[:1], ["garbage"], v)["answer_copies_an_entry"] == 0.0
 
 
-@pytest.mark.parametrize("what", ["attributes", "captions", "inventory"])
+@pytest.mark.parametrize("what", ["attributes", "captions", "inventory", "refinements"])
 def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
     import shutil
 
@@ -95,3 +101,23 @@ def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
                    if isinstance(v, dict) and k.startswith("needs")) == 4
     else:
         assert result["rows"] == 4
+    if what == "refinements":
+        g = result["gIoU"]
+        assert g["oracle_round"] >= g["proposal"] - 1e-9  # the oracle never spoils a proposal
+
+
+def test_refinement_table_by_hand():
+    from tokens.refine import parse_refinement, serialize_refinement
+
+    v = SpatialVocab(grid_size=8)
+    proposal = [Instance((0.1, 0.1, 0.4, 0.4), [(0.2, 0.2), (0.3, 0.3)])]
+    oracle = [([(0, 0), (1, 0)], [(0, 0), None])]          # keep one point, delete the other
+    mine = parse_refinement(serialize_refinement([([(0, 0), (0, 0)], [(0, 0), (0, 0)])],
+                                                 vocab=v), proposal, v)  # keeps everything
+    table = refinement_table([mine, None], [oracle, oracle])
+    assert table["lines"] == {"well_formed": 1, "malformed or missing": 1}
+    assert table["points"]["keep"] == {"n": 1, "keep": 1.0, "move": 0.0, "delete": 0.0}
+    assert table["points"]["delete"] == {"n": 1, "keep": 1.0, "move": 0.0, "delete": 0.0}
+    assert table["points"]["move"]["n"] == 0
+    assert table["points_as_oracle"] == 0.5
+    assert table["box_corners"] == 2 and table["box_corners_as_oracle"] == 0.5
