@@ -14,7 +14,9 @@ an identical recipe prefix (everything up to and including that stage; output fo
 its checkpoint and metrics are copied (hard links) and the pipeline resumes after it. The reward
 ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1. Stages
 finished by an earlier invocation count too: the variant folders already in `--out`, and in
-each `--reuse` folder, are scanned first.
+each `--reuse` folder, are scanned first. A variant whose whole recipe already ran to the end
+there (every stage and evaluation: its `metrics.json` names the final checkpoint) is not run
+again: that run's folder is hard-linked in and its metrics read.
 
 `--seeds N` trains every variant with N seeds (the recipe's seed, +1, ...; folders
 `<variant>/seed<k>`), stages shared within a seed; each row is then the mean (and standard
@@ -50,14 +52,15 @@ from rl.config import (
 from rl.metrics import seeded_interval, seeded_paired_difference
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
+def _link_tree_file(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
-    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+
+def _link_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, copy_function=_link_tree_file, dirs_exist_ok=True)
 
 
 def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
@@ -102,6 +105,52 @@ def scan_finished(folder: Path) -> dict[str, Path]:
                     (recipe.parent / "metrics.json").is_file():
                 done.setdefault(stage_key(cfg, stage), recipe.parent)
     return done
+
+
+def run_key(cfg: RunConfig) -> str:
+    """A digest of everything that decides a whole run's checkpoints and metrics (the last
+    stage's key: the recipe without its output folder and what only changes logging)."""
+    return stage_key(cfg, STAGES[-1])
+
+
+def scan_complete(folder: Path) -> dict[str, Path]:
+    """Run keys of the runs under `folder` that finished every stage and evaluation (their
+    `metrics.json` names the final checkpoint, written last by the pipeline)."""
+    complete: dict[str, Path] = {}
+    recipes = [*Path(folder).glob("*/config.json"), *Path(folder).glob("*/seed*/config.json")]
+    for recipe in sorted(recipes):
+        metrics = recipe.parent / "metrics.json"
+        try:
+            cfg = load_config(recipe)
+            finished = "final_checkpoint" in json.loads(metrics.read_text())
+        except (ValueError, OSError):
+            continue  # an older schema, or a run that never wrote its metrics
+        if finished:
+            complete.setdefault(run_key(cfg), recipe.parent)
+    return complete
+
+
+def reuse_run(cfg: RunConfig, src: Path) -> dict:
+    """A finished run of the same recipe stands for this variant: its stages, pictures and
+    plots hard-linked into `cfg.output_dir`, its metrics copied (this run's own recipe files
+    written beside them, never through a link into `src`). Returns the metrics."""
+    out = Path(cfg.output_dir)
+    own = {"config.json", "recipe.yaml", "metrics.json"}
+    if src.resolve() != out.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for item in src.iterdir():
+            if item.name in own:
+                continue
+            if item.is_dir():
+                _link_tree(item, out / item.name)
+            elif not (out / item.name).exists():
+                _link_tree_file(item, out / item.name)
+        metrics = json.loads((src / "metrics.json").read_text())
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+        (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return metrics
+    return json.loads((out / "metrics.json").read_text())
 
 
 def final_stage(metrics: dict) -> str | None:
@@ -356,14 +405,25 @@ def main(argv=None) -> list[dict]:
         return []
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
+    complete: dict[str, Path] = {}
     for folder in [out, *a.reuse]:
         done.update({k: v for k, v in scan_finished(Path(folder)).items() if k not in done})
+        complete.update({k: v for k, v in scan_complete(Path(folder)).items()
+                         if k not in complete})
     results = []
     for name, path, cfg, full_cfg in runs:
-        reused = reuse_stages(cfg, done)
-        print(f"[ablate] {name}: training" + (f" (reusing {', '.join(reused)})" if reused
-                                               else ""), flush=True)
-        metrics = run_variant(cfg, a.launcher)
+        src = complete.get(run_key(cfg))
+        if src is not None:  # the same recipe ran to the end already: nothing to redo
+            print(f"[ablate] {name}: finished in {src}, reused whole", flush=True)
+            metrics = reuse_run(cfg, src)
+            reused = [s for s in STAGES if getattr(cfg, s).enabled]
+        else:
+            reused = reuse_stages(cfg, done)
+            print(f"[ablate] {name}: training" + (f" (reusing {', '.join(reused)})" if reused
+                                                   else ""), flush=True)
+            metrics = run_variant(cfg, a.launcher)
+            if "final_checkpoint" in metrics:
+                complete.setdefault(run_key(cfg), Path(cfg.output_dir))
         for stage in STAGES:
             if getattr(cfg, stage).enabled and (Path(cfg.output_dir) / stage / "stage.json"
                                                 ).is_file():

@@ -53,7 +53,7 @@ def test_every_ablation_file_changes_one_thing(capsys):
     assert all(ln.count("=") == 1 for ln in lines[1:])
 
 
-def test_runner_trains_each_variant_and_writes_one_table(tmp_path):
+def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
     task = tmp_path / "task.yaml"
     task.write_text(yaml.safe_dump(TASK))
     out = tmp_path / "abl"
@@ -84,7 +84,15 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path):
     assert "gIoU [95 %]" in table[0] and " [" in table[3]
     assert (out / "rewards_grpo_stage1.png").is_file()
     assert yaml.safe_load((out / "full" / "recipe.yaml").read_text())["data"]["n_train"] == 48
-    # A later invocation (another output folder) reuses every finished stage: nothing retrains.
+    # A later invocation (another output folder) reuses every finished run whole: nothing
+    # retrains or re-evaluates, and the earlier run's own files are not written through.
+    import rl.ablate
+
+    def no_run(cfg, launcher):
+        raise AssertionError(f"{cfg.output_dir} ran again")
+
+    monkeypatch.setattr(rl.ablate, "run_variant", no_run)
+    before = (out / "full" / "config.json").read_text()
     again = main([str(ABL / "stage1_no_box.yaml"), str(ABL / "stage2_no_mask_gain.yaml"),
                   "--task", str(task), "--out", str(tmp_path / "again"), "--reuse", str(out)])
     assert [r["reused"] for r in again] == [list(STAGES)] * 3
@@ -92,6 +100,11 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path):
         return [{k: v for k, v in r.items() if k != "reused"} for r in table]
 
     assert numbers(json.loads((tmp_path / "again" / "table.json").read_text())) == numbers(rows)
+    assert (out / "full" / "config.json").read_text() == before
+    mine = json.loads((tmp_path / "again" / "full" / "config.json").read_text())
+    assert Path(mine["output_dir"]) == tmp_path / "again" / "full"
+    assert (tmp_path / "again" / "full" / "grpo_stage2" / "stage.json").stat().st_ino == \
+        (out / "full" / "grpo_stage2" / "stage.json").stat().st_ino
 
 
 def test_a_variant_without_base_needs_full(tmp_path):
