@@ -90,20 +90,24 @@ def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
     return reused
 
 
-def scan_finished(folder: Path) -> dict[str, Path]:
-    """Stage keys of the stages finished in the run folders under `folder` (variant folders of
-    an earlier invocation, or any `rl/train_grpo.py` output: its `config.json` is the recipe)."""
-    done: dict[str, Path] = {}
+def _runs(folder: Path):
+    """(recipe, folder) of the run folders under `folder` (variant folders of an earlier
+    invocation, or any `rl/train_grpo.py` output: its `config.json` is the recipe)."""
     recipes = [*Path(folder).glob("*/config.json"), *Path(folder).glob("*/seed*/config.json")]
     for recipe in sorted(recipes):
         try:
-            cfg = load_config(recipe)
+            yield load_config(recipe), recipe.parent
         except ValueError:
             continue  # a recipe of an older schema: not comparable, not reused
+
+
+def scan_finished(folder: Path) -> dict[str, Path]:
+    """Stage keys of the stages finished in the run folders under `folder`."""
+    done: dict[str, Path] = {}
+    for cfg, run in _runs(folder):
         for stage in STAGES:
-            if (recipe.parent / stage / "stage.json").is_file() and \
-                    (recipe.parent / "metrics.json").is_file():
-                done.setdefault(stage_key(cfg, stage), recipe.parent)
+            if (run / stage / "stage.json").is_file() and (run / "metrics.json").is_file():
+                done.setdefault(stage_key(cfg, stage), run)
     return done
 
 
@@ -117,16 +121,13 @@ def scan_complete(folder: Path) -> dict[str, Path]:
     """Run keys of the runs under `folder` that finished every stage and evaluation (their
     `metrics.json` names the final checkpoint, written last by the pipeline)."""
     complete: dict[str, Path] = {}
-    recipes = [*Path(folder).glob("*/config.json"), *Path(folder).glob("*/seed*/config.json")]
-    for recipe in sorted(recipes):
-        metrics = recipe.parent / "metrics.json"
+    for cfg, run in _runs(folder):
         try:
-            cfg = load_config(recipe)
-            finished = "final_checkpoint" in json.loads(metrics.read_text())
+            finished = "final_checkpoint" in json.loads((run / "metrics.json").read_text())
         except (ValueError, OSError):
-            continue  # an older schema, or a run that never wrote its metrics
+            continue  # a run that never wrote its metrics
         if finished:
-            complete.setdefault(run_key(cfg), recipe.parent)
+            complete.setdefault(run_key(cfg), run)
     return complete
 
 
