@@ -8,7 +8,9 @@
 `--data` takes one or more folders written by `python -m rl.data --build grpo` (or `rows`);
 results come per dataset and split (the rows' `source` and `split`, or the folder name), per
 expression and, for RefCOCO-style data with several expressions per object, per instance.
-`--out DIR` writes `metrics.json`, `metrics.md` (the table) and `predictions.jsonl`.
+`--out DIR` writes `metrics.json`, `metrics.md` (the table) and `predictions.jsonl` (per row: the
+answers, IoU, box IoU, kind and, on scenes whose objects are known, the referent hit), so two
+models' rows can be paired.
 
 Evaluation walks the path training walks: the same prompts, parser and mask decoder, so a
 number here and a reward there mean the same thing. Completions that do not parse are scored
@@ -492,7 +494,10 @@ def main(argv=None) -> dict:
                 f.write(json.dumps({"id": r.get("id"), "dataset": name,
                                     "stage1": pred.stage1, "refinements": pred.refinements,
                                     "parsed": pred.parsed, "iou": sc.iou,
-                                    "box_iou": sc.box_iou}) + "\n")
+                                    "box_iou": sc.box_iou, "kind": sc.kind,
+                                    "referent": sc.referent,
+                                    "targets_found": sc.targets_found,
+                                    "instances_on_target": sc.instances_on_target}) + "\n")
         print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")
     return results_meta
 

@@ -89,6 +89,11 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
     assert "Refinement rounds (all rows): 0 rounds: gIoU" in table
     preds = [json.loads(line) for line in (runs[0] / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and {"id", "dataset", "stage1", "iou"} <= set(preds[0])
+    # per-row referent hits (paired comparisons of reading): they average to the table's figure
+    for name, entry in res.items():
+        hits = [p["referent"] for p in preds if p["dataset"] == name and p["referent"] is not None]
+        assert hits and all(isinstance(h, bool) for h in hits)
+        assert np.mean(hits) == entry["per_expression"]["referent_accuracy"]
 
 
 def test_a_recipes_validation_scenes_are_the_ones_its_run_builds(grid8_model, tmp_path):
