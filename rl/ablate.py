@@ -11,7 +11,8 @@ section pointing at another dataset), so the same ablation runs on any task.
 
 Stages are shared where they are the same: when an earlier variant already trained a stage from
 an identical recipe prefix (everything up to and including that stage; output folders aside),
-its checkpoint and metrics are copied (hard links) and the pipeline resumes after it. The reward
+its checkpoint and metrics are copied (hard links), with the starting checkpoint (`model_init`),
+and the pipeline resumes after it. The reward
 ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1. Stages
 finished by an earlier invocation count too: the variant folders already in `--out`, and in
 each `--reuse` folder, are scanned first. A variant whose whole recipe already ran to the end
@@ -79,6 +80,12 @@ def reuse_stages(cfg: RunConfig, done: dict[str, Path]) -> list[str]:
         reused.append(stage)
     if reused:  # the evaluations before the first stage too (the untrained model)
         src = done[stage_key(cfg, reused[0])]
+        # The starting checkpoint too: a shared stage key means the same model section and
+        # seed, so the same `model_init` (building it pre-trains the tower: ~2 min a run).
+        init = src / "model_init"
+        if ((init / "spatial_vocab.json").is_file() and src.resolve() != out.resolve()
+                and not (out / "model_init").exists()):
+            _link_tree(init, out / "model_init")
         prev = json.loads((src / "metrics.json").read_text())
         keep = {k: v for k, v in prev.get("evaluation", {}).items()
                 if k == "untrained" or k in reused}

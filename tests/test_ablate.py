@@ -66,6 +66,11 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
     assert a.stat().st_ino == (out / "stage1_no_box" / "sft" / "model.safetensors").stat().st_ino
     assert (out / "stage1_no_box" / "grpo_stage1" / "model.safetensors").stat().st_ino != \
         (out / "full" / "grpo_stage1" / "model.safetensors").stat().st_ino
+    # ... and so is the starting checkpoint (its tower is not pre-trained again).
+    init = out / "full" / "model_init" / "model.safetensors"
+    assert init.stat().st_ino == \
+        (out / "stage2_no_mask_gain" / "model_init" / "model.safetensors").stat().st_ino
+    assert not (out / "stage1_no_box" / "base").exists()
     rows = json.loads((out / "table.json").read_text())
     assert [r["variant"] for r in rows] == ["full", "stage1_no_box", "stage2_no_mask_gain"]
     assert rows[0]["changes"] == [] and rows[0]["delta_gIoU"] == 0.0
