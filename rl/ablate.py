@@ -233,6 +233,13 @@ def table_rows(results: list[dict]) -> list[dict]:
                "gIoU_by_stage": {s: _mean(ev[s]["gIoU"] for ev in evs if s in ev)
                                  for s in STAGES if any(s in ev for ev in evs)},
                "reused": runs[0]["reused"] if len(runs) == 1 else [r["reused"] for r in runs]}
+        # The reading figures, on tasks whose scene objects are known (the synthetic task).
+        ref = [m.get("referent_accuracy") for m in finals]
+        if all(v is not None for v in ref):
+            row["referent_accuracy"] = _mean(ref)
+            row["referent_chance"] = _mean(m.get("chance") for m in finals)
+            if len(ref) > 1:
+                row["referent_accuracy_sd"] = float(np.std(ref, ddof=1))
         mine = _ious(runs)
         if len(runs) == 1:
             row["gIoU_interval"] = (finals[0].get("intervals") or {}).get("gIoU")
@@ -266,9 +273,12 @@ def _pct(v) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| variant | changes | gIoU [95 %] | cIoU | Acc@0.5 | Acc@0.8 | Δ gIoU [paired 95 %] "
+    """The table; a referent accuracy column (with its chance rate) when every row has one."""
+    reading = bool(rows) and all(r.get("referent_accuracy") is not None for r in rows)
+    head = ("| variant | changes | gIoU [95 %] | cIoU | Acc@0.5 | Acc@0.8 | "
+            + ("referent acc. (chance) | " if reading else "") + "Δ gIoU [paired 95 %] "
             "| gIoU after SFT / stage 1 / stage 2 | parse failures | answer tokens / instance |")
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * (11 if reading else 10)]
     for r in rows:
         by = r["gIoU_by_stage"]
         stages = " / ".join(_pct(by.get(s)) for s in STAGES)
@@ -278,6 +288,11 @@ def markdown(rows: list[dict]) -> str:
         cells = [_pct(r[k]) + (f" ± {100 * r[k + '_sd']:.1f}" if r.get(k + "_sd") is not None
                                else "") for k, _ in ROW_METRICS]
         cells[0] += _interval(r.get("gIoU_interval"))
+        if reading:
+            sd = r.get("referent_accuracy_sd")
+            cells.append(_pct(r["referent_accuracy"])
+                         + (f" ± {100 * sd:.1f}" if sd is not None else "")
+                         + f" ({_pct(r['referent_chance'])})")
         delta_cell = "–" if delta is None else (
             f"{100 * delta:+.1f}" + _interval(r.get("delta_gIoU_interval"), sign=True)
             + (f" ({r['verdict']})" if r.get("verdict") else ""))

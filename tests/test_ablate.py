@@ -172,3 +172,20 @@ def test_table_over_seeds_gives_mean_sd_and_intervals(tmp_path):
     assert same["delta_gIoU"] == 0.0 and same["delta_gIoU_interval"] == [0.0, 0.0]
     assert same["verdict"] == "not distinguishable"
     assert "55.0 ± 7.1 [" in markdown([full, same])
+
+
+def test_table_gives_referent_accuracy_where_the_task_has_scene_objects(tmp_path):
+    from rl.ablate import markdown, table_rows
+
+    results = [_fake_run(tmp_path, name, s, [0.5, 0.5]) for name in ("full", "g16") for s in (0, 1)]
+    assert "referent acc." not in markdown(table_rows(results))  # a task without scene objects
+    hits = {("full", 0): 0.6, ("full", 1): 0.8, ("g16", 0): 0.5, ("g16", 1): 0.5}
+    for r in results:
+        m = r["metrics"]["evaluation"]["grpo_stage2"]
+        m["referent_accuracy"], m["chance"] = hits[r["name"], r["seed"]], 0.4
+    full, g16 = table_rows(results)
+    assert np.isclose(full["referent_accuracy"], 0.7) and full["referent_chance"] == 0.4
+    assert np.isclose(full["referent_accuracy_sd"], np.std([0.6, 0.8], ddof=1))
+    lines = markdown([full, g16]).splitlines()
+    assert "| referent acc. (chance) |" in lines[0] and lines[1].count("---") == 11
+    assert "| 70.0 ± 14.1 (40.0) |" in lines[2] and "| 50.0 ± 0.0 (40.0) |" in lines[3]
