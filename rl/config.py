@@ -357,8 +357,14 @@ def check(cfg: RunConfig, where: str) -> None:
         get_codec(cfg.codec, **cfg.codec_params)
     except ValueError as e:
         raise ConfigError(f"{where}.codec: {e}") from None
+    if cfg.sft.enabled and not cfg.sft.refinement and cfg.sft.policy_refinement_steps:
+        raise ConfigError(f"{where}.sft.policy_refinement_steps: {cfg.sft.policy_refinement_steps} "
+                          f"steps of refinement dialogues, but sft.refinement is false (no "
+                          f"refinement in the cold start); set it to 0")
     if cfg.codec != "grid":
         asks = [k for k, on in (("sft.refinement", cfg.sft.enabled and cfg.sft.refinement),
+                                ("sft.policy_refinement_steps",
+                                 cfg.sft.enabled and cfg.sft.policy_refinement_steps > 0),
                                 ("grpo_stage2.enabled", cfg.grpo_stage2.enabled),
                                 ("eval.rounds", cfg.eval.rounds > 0)) if on]
         if asks:

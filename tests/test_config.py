@@ -103,9 +103,16 @@ def test_codec_is_checked_and_text_codecs_refuse_refinement(tmp_path):
         load_config(None, {"codec": "polygon"})
     with pytest.raises(ConfigError, match="bad parameters"):
         load_config(None, {"codec": "text_norm", "codec_params": {"bins": 3}})
-    with pytest.raises(ConfigError, match="turn off sft.refinement, grpo_stage2.enabled, "
-                                          "eval.rounds"):
+    with pytest.raises(ConfigError, match="turn off sft.refinement, sft.policy_refinement_steps, "
+                                          "grpo_stage2.enabled, eval.rounds"):
         load_config(ROOT / "configs" / "default.yaml", {"codec": "text_bins"})
+    # The cold start's second pass is refinement dialogues too: with sft.refinement off it is
+    # refused, not run (the codec recipes once ran it, on text answers).
+    with pytest.raises(ConfigError, match=r"sft.policy_refinement_steps: 300 steps of "
+                                          r"refinement dialogues, but sft.refinement is false"):
+        load_config(ROOT / "configs" / "default.yaml", {"sft": {"refinement": False}})
+    for path in sorted((ROOT / "configs" / "codecs").rglob("*.yaml")):
+        assert load_config(path).sft.policy_refinement_steps == 0, path
 
 
 def test_codec_recipes_differ_from_their_grid_row_only_in_the_codec():
