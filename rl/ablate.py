@@ -272,6 +272,12 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _with_sd(row: dict, key: str) -> str:
+    """A percentage cell, with its standard deviation over seeds when the row has one."""
+    sd = row.get(key + "_sd")
+    return _pct(row[key]) + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
 def markdown(rows: list[dict]) -> str:
     """The table; a referent accuracy column (with its chance rate) when every row has one."""
     reading = bool(rows) and all(r.get("referent_accuracy") is not None for r in rows)
@@ -285,14 +291,10 @@ def markdown(rows: list[dict]) -> str:
         changes = ", ".join(f"`{c}`" for c in r["changes"]) or "(full model)"
         tokens = r["answer_tokens_per_instance"]
         delta = r.get("delta_gIoU")
-        cells = [_pct(r[k]) + (f" ± {100 * r[k + '_sd']:.1f}" if r.get(k + "_sd") is not None
-                               else "") for k, _ in ROW_METRICS]
+        cells = [_with_sd(r, k) for k, _ in ROW_METRICS]
         cells[0] += _interval(r.get("gIoU_interval"))
         if reading:
-            sd = r.get("referent_accuracy_sd")
-            cells.append(_pct(r["referent_accuracy"])
-                         + (f" ± {100 * sd:.1f}" if sd is not None else "")
-                         + f" ({_pct(r['referent_chance'])})")
+            cells.append(_with_sd(r, "referent_accuracy") + f" ({_pct(r['referent_chance'])})")
         delta_cell = "–" if delta is None else (
             f"{100 * delta:+.1f}" + _interval(r.get("delta_gIoU_interval"), sign=True)
             + (f" ({r['verdict']})" if r.get("verdict") else ""))
