@@ -336,6 +336,38 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return cfg
 
 
+# TRL arguments a recipe sets through its own fields, by the field that sets them: a stage's
+# `extra_args` may not name them (two places would say one thing, and TRL's config would get
+# the keyword twice). Any other key of TRL's SFTConfig / GRPOConfig goes through, and wins over
+# what the package sets itself (e.g. `save_strategy: "no"`, `num_completions_to_print: 2`).
+TRAINER_ARG_FIELDS = {
+    "max_steps": "max_steps", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "learning_rate": "learning_rate", "weight_decay": "weight_decay",
+    "gradient_checkpointing": "gradient_checkpointing", "logging_steps": "logging_steps",
+    "report_to": "report_to", "seed": "seed"}
+SFT_TRAINER_ARG_FIELDS = {"warmup_steps": "warmup_steps",
+                          "lr_scheduler_type": "lr_scheduler_type"}
+GRPO_TRAINER_ARG_FIELDS = {
+    "num_generations": "num_generations", "max_completion_length": "max_completion_length",
+    "temperature": "temperature", "beta": "beta", "loss_type": "loss_type",
+    "scale_rewards": "scale_rewards", "reward_weights": "rewards", "use_vllm": "use_vllm",
+    "vllm_mode": "vllm_mode", "log_completions": "log_completions"}
+
+
+def _check_extra_args(cfg: RunConfig, where: str) -> None:
+    for name, own in (("sft", SFT_TRAINER_ARG_FIELDS), ("grpo_stage1", GRPO_TRAINER_ARG_FIELDS),
+                      ("grpo_stage2", GRPO_TRAINER_ARG_FIELDS)):
+        stage = getattr(cfg, name)
+        for key in stage.extra_args:
+            field_name = {**TRAINER_ARG_FIELDS, **own}.get(key)
+            if field_name is not None:  # a stage's field, else the run's (seed, report_to)
+                at = (f"{name}.{field_name}" if field_name in stage.__dataclass_fields__
+                      else field_name)
+                raise ConfigError(f"{where}.{name}.extra_args.{key}: the recipe sets this TRL "
+                                  f"argument through `{at}`; set it there")
+
+
 def check(cfg: RunConfig, where: str) -> None:
     """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
     wherever offset refinement is asked for; `sft.new_rows` and `sft.freeze_vision` are among
@@ -349,6 +381,7 @@ def check(cfg: RunConfig, where: str) -> None:
         share = getattr(cfg.sft, key)
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{where}.sft.{key}: expected a share in [0, 1], got {share!r}")
+    _check_extra_args(cfg, where)
     if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")

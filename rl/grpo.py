@@ -77,7 +77,7 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
         model.config._name_or_path = str(reference)
     funcs, weights = build_reward_funcs(stage, ctx.vocab, ctx.decoder_spec, stage_name,
                                         ctx.codec)
-    args = GRPOConfig(
+    own = dict(
         **common_args(stage, ctx, max_steps), num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length, temperature=stage.temperature,
         beta=stage.beta, loss_type=stage.loss_type, scale_rewards=stage.scale_rewards,
@@ -85,9 +85,11 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
         use_vllm=stage.use_vllm, **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}),
         log_completions=stage.log_completions,
         # TRL also prints the table to the console when `rich` is installed: a few rows, not
-        # every completion of the step (unless extra_args say otherwise).
-        **{**({"num_completions_to_print": 2} if stage.log_completions else {}),
-           **stage.extra_args})
+        # every completion of the step.
+        **({"num_completions_to_print": 2} if stage.log_completions else {}))
+    # extra_args win over the package's own settings (rl.config.TRAINER_ARG_FIELDS: the keys
+    # that recipe fields set are refused when the recipe loads).
+    args = GRPOConfig(**{**own, **stage.extra_args})
     peft_config = lora_config(stage.lora) if stage.lora else None
     callbacks = list(ctx.callbacks) + callbacks_for(ctx.report_to, stage.log_completions)
     # TRL loads the KL reference itself (from_pretrained): Hub kernels as the recipe says.

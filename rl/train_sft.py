@@ -279,9 +279,11 @@ def sft_trainer(stage: SFTStageConfig, ctx, model, train_dataset, max_steps: int
         # Images stay encoded until the collator first sees their sample (then cached).
         train_dataset = train_dataset.cast_column("image", Image(decode=False))
 
-    args = SFTConfig(**common_args(stage, ctx, max_steps), warmup_steps=stage.warmup_steps,
-                     lr_scheduler_type=stage.lr_scheduler_type, max_length=None,
-                     dataloader_num_workers=0, **stage.extra_args)
+    # extra_args win over the package's own settings (rl.config.TRAINER_ARG_FIELDS: the keys
+    # that recipe fields set are refused when the recipe loads).
+    args = SFTConfig(**{**common_args(stage, ctx, max_steps), "warmup_steps": stage.warmup_steps,
+                        "lr_scheduler_type": stage.lr_scheduler_type, "max_length": None,
+                        "dataloader_num_workers": 0, **stage.extra_args})
     peft_config, new_ids = None, ()
     if stage.lora:
         rows = new_rows_mode(stage.new_rows, model)

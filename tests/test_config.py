@@ -144,3 +144,33 @@ def test_sft_shares_are_checked(key):
     assert getattr(load_config(None, {"sft": {key: 0.5}}).sft, key) == 0.5
     with pytest.raises(ConfigError, match=rf"sft.{key}: expected a share in \[0, 1\], got 1.5"):
         load_config(None, {"sft": {key: 1.5}})
+
+
+def test_extra_args_may_not_set_what_a_recipe_field_sets():
+    from rl.config import (
+        GRPO_TRAINER_ARG_FIELDS,
+        SFT_TRAINER_ARG_FIELDS,
+        TRAINER_ARG_FIELDS,
+        GRPOStageConfig,
+        SFTStageConfig,
+    )
+
+    with pytest.raises(ConfigError, match=r"config.sft.extra_args.learning_rate: the recipe sets "
+                                          r"this TRL argument through `sft.learning_rate`"):
+        load_config(None, {"sft": {"extra_args": {"learning_rate": 1e-3}}})
+    with pytest.raises(ConfigError, match=r"grpo_stage2.extra_args.reward_weights: .*"
+                                          r"`grpo_stage2.rewards`"):
+        load_config(None, {"grpo_stage2": {"extra_args": {"reward_weights": [1.0]}}})
+    with pytest.raises(ConfigError, match=r"grpo_stage1.extra_args.seed: .* through `seed`"):
+        load_config(None, {"grpo_stage1": {"extra_args": {"seed": 3}}})
+    with pytest.raises(ConfigError, match=r"sft.extra_args.logging_steps: .* `logging_steps`"):
+        load_config(None, {"sft": {"extra_args": {"logging_steps": 3}}})
+    # What the package sets by itself may be overridden (the trainers merge, see test_grpo).
+    cfg = load_config(None, {"sft": {"extra_args": {"save_strategy": "steps", "save_steps": 5}}})
+    assert cfg.sft.extra_args == {"save_strategy": "steps", "save_steps": 5}
+    # Every named field exists, so the error points somewhere real.
+    for cls, own in ((SFTStageConfig, SFT_TRAINER_ARG_FIELDS),
+                     (GRPOStageConfig, GRPO_TRAINER_ARG_FIELDS)):
+        for name in {**TRAINER_ARG_FIELDS, **own}.values():
+            assert name in cls.__dataclass_fields__ or name in RunConfig.__dataclass_fields__, \
+                (cls.__name__, name)

@@ -38,3 +38,13 @@ def test_loss_type_and_reward_scaling_reach_trl(grid8_model, tmp_path):
     assert (dr.args.loss_type, dr.args.scale_rewards, dr.args.temperature) == (
         "dr_grpo", "none", 0.7)
 
+
+
+def test_extra_args_override_what_the_package_sets(grid8_model, tmp_path):
+    # save_strategy and num_completions_to_print are the package's own choices ("no", 2): a
+    # recipe's extra_args replace them (TRL's config once got the keyword twice: a TypeError).
+    trainer = trainer_for(grid8_model, tmp_path, log_completions=True,
+                          extra_args={"save_strategy": "steps", "save_steps": 7,
+                                      "num_completions_to_print": 5})
+    assert (trainer.args.save_strategy, trainer.args.save_steps) == ("steps", 7)
+    assert trainer.args.num_completions_to_print == 5

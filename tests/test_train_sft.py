@@ -17,7 +17,7 @@ from tokens import GridCodec, SpatialVocab
 from tokens.decoders import RegionDecoder
 
 
-def _setup(model_dir, tmp_path, collate_cache=0):
+def _setup(model_dir, tmp_path, collate_cache=0, **stage_fields):
     processor = AutoProcessor.from_pretrained(model_dir)
     vocab = SpatialVocab(8)
     ctx = RunContext(vocab=vocab, codec=GridCodec(vocab), decoder_spec=RegionDecoder(),
@@ -25,7 +25,7 @@ def _setup(model_dir, tmp_path, collate_cache=0):
     rows = list(build_sft(synthetic_records(12, seed=4), RegionDecoder(), ctx.prompts,
                           BuildConfig(vocab=vocab, refinement=True, n_points=3)))
     ds = Dataset.from_list(rows).select_columns(["image", "prompt", "completion"])
-    stage = SFTStageConfig(max_steps=1, batch_size=4, collate_cache=collate_cache)
+    stage = SFTStageConfig(max_steps=1, batch_size=4, collate_cache=collate_cache, **stage_fields)
     return ctx, ds, sft_trainer(stage, ctx, load_model(model_dir), ds), processor
 
 
@@ -123,3 +123,12 @@ def test_pixel_codes_give_values_back_exactly_or_refuse(grid8_model):
     assert codes.encode(off) is None
     assert codes.encode(pixels[:, :-1]) is None
     assert codes.encode(pixels.double()) is None
+
+
+def test_extra_args_override_what_the_package_sets(grid8_model, tmp_path):
+    # The package sets save_strategy "no" and max_length None; extra_args replace them (TRL's
+    # config once got the keyword twice: a TypeError).
+    extra = {"save_strategy": "steps", "save_steps": 3, "max_length": 512}
+    trainer = _setup(grid8_model, tmp_path, extra_args=extra)[2]
+    assert (trainer.args.save_strategy, trainer.args.save_steps, trainer.args.max_length) == (
+        "steps", 3, 512)
