@@ -24,8 +24,9 @@ again: that run's folder is hard-linked in and its metrics read.
 deviation) over seeds, with intervals over held-out scenes and seeds (`rl.metrics.
 seeded_paired_difference`: seed k of a variant paired with seed k of the full model).
 
-Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json`, and
-`rewards_<stage>.png` with each variant's mean total reward over steps.
+Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json` (with
+each row's wall seconds in this invocation, all seeds), and `rewards_<stage>.png` with each
+variant's mean total reward over steps.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -232,7 +234,10 @@ def table_rows(results: list[dict]) -> list[dict]:
                                                    for m in finals),
                "gIoU_by_stage": {s: _mean(ev[s]["gIoU"] for ev in evs if s in ev)
                                  for s in STAGES if any(s in ev for ev in evs)},
-               "reused": runs[0]["reused"] if len(runs) == 1 else [r["reused"] for r in runs]}
+               "reused": runs[0]["reused"] if len(runs) == 1 else [r["reused"] for r in runs],
+               # this invocation's wall time for the variant, all seeds: what it cost to train
+               # and evaluate what was not reused (a row reused whole costs seconds)
+               "seconds": _sum(r.get("seconds") for r in runs)}
         # The reading figures, on tasks whose scene objects are known (the synthetic task).
         ref = [m.get("referent_accuracy") for m in finals]
         if all(v is not None for v in ref):
@@ -436,7 +441,9 @@ def main(argv=None) -> list[dict]:
         complete.update({k: v for k, v in scan_complete(Path(folder)).items()
                          if k not in complete})
     results = []
+    t_start = time.perf_counter()
     for name, path, cfg, full_cfg in runs:
+        t0 = time.perf_counter()
         src = complete.get(run_key(cfg))
         if src is not None:  # the same recipe ran to the end already: nothing to redo
             print(f"[ablate] {name}: finished in {src}, reused whole", flush=True)
@@ -453,9 +460,11 @@ def main(argv=None) -> list[dict]:
             if getattr(cfg, stage).enabled and (Path(cfg.output_dir) / stage / "stage.json"
                                                 ).is_file():
                 done.setdefault(stage_key(cfg, stage), Path(cfg.output_dir))
+        seconds = time.perf_counter() - t0
+        print(f"[ablate] {name} (seed {cfg.seed}): {seconds:.0f} s", flush=True)
         results.append({"name": name, "recipe": path, "dir": cfg.output_dir, "seed": cfg.seed,
                         "changes": differences(cfg, full_cfg), "reused": reused,
-                        "metrics": metrics})
+                        "metrics": metrics, "seconds": seconds})
         rows = table_rows(results)
         (out / "table.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         (out / "table.md").write_text(markdown(rows))
@@ -463,6 +472,8 @@ def main(argv=None) -> list[dict]:
         plot_comparison(results, out, stage)
     print(markdown(table_rows(results)))
     print(f"[ablate] table: {out / 'table.md'}; curves: {out}/rewards_*.png")
+    print(f"[ablate] wall time: {time.perf_counter() - t_start:.0f} s (training and evaluating "
+          f"what was not reused; per variant: table.json `seconds`)")
     return results
 
 
