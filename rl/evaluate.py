@@ -495,7 +495,7 @@ def main(argv=None) -> dict:
                                     "stage1": pred.stage1, "refinements": pred.refinements,
                                     "parsed": pred.parsed, "iou": sc.iou,
                                     "box_iou": sc.box_iou, "kind": sc.kind,
-                                    "referent": sc.referent,
+                                    "referent": sc.referent, "picked": sc.picked,
                                     "targets_found": sc.targets_found,
                                     "instances_on_target": sc.instances_on_target}) + "\n")
         print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")

@@ -51,6 +51,7 @@ class SampleScore:
     # Scenes whose objects are known (the synthetic task; see `score_referents`):
     num_objects: int = 0
     referent: bool | None = None  # single-target rows: the prediction picked the named object
+    picked: bool | None = None  # single-target rows: the prediction picked some object
     targets_found: int | None = None  # multi-target rows: named objects some instance picked
     instances_on_target: int | None = None  # multi-target rows: instances that picked one
 
@@ -107,7 +108,8 @@ def score_referents(sample: SampleScore, pred_mask: np.ndarray,
     instances that picked a named object."""
     sample.num_objects = len(object_masks)
     if len(targets) == 1:
-        sample.referent = picked_object(pred_mask, object_masks) == targets[0]
+        pick = picked_object(pred_mask, object_masks)
+        sample.picked, sample.referent = pick is not None, pick == targets[0]
     elif len(targets) > 1:
         picks = [picked_object(m, object_masks) for m in instance_masks]
         sample.targets_found = len({p for p in picks if p in targets})
@@ -134,9 +136,19 @@ def bootstrap_interval(values: np.ndarray, denominators: np.ndarray | None = Non
 
 
 def _referent_entry(rows: Sequence[SampleScore]) -> dict:
+    """Referent accuracy and its chance rate over `rows`; also over the rows where the
+    prediction picked some object (`picked_share` of them): a model that answers "no such
+    object" to an expression naming an absent one (the task's no-target rows teach it) lowers
+    the first below chance by declining, not by picking a wrong object."""
+    picked = [s for s in rows if s.picked]
     return {"samples": len(rows),
             "referent_accuracy": float(np.mean([s.referent for s in rows])),
-            "chance": float(np.mean([1 / s.num_objects for s in rows]))}
+            "chance": float(np.mean([1 / s.num_objects for s in rows])),
+            "picked_share": float(np.mean([bool(s.picked) for s in rows])),
+            "referent_accuracy_picked": (float(np.mean([s.referent for s in picked]))
+                                         if picked else None),
+            "chance_picked": float(np.mean([1 / s.num_objects for s in picked])) if picked
+            else None}
 
 
 def reading(scores: Sequence[SampleScore]) -> dict:
@@ -357,7 +369,13 @@ def markdown_table(results: dict, model: str = "") -> str:
 def reading_table(results: dict) -> str:
     """A Markdown table of referent accuracy (and its chance rate) per expression kind and per
     object count, for each dataset/split of `report` output that has scene objects; "" if none.
-    """
+    The last columns: the share of rows whose prediction picked some object, and referent
+    accuracy with its chance rate over those rows (a declined answer is no pick)."""
+    def picked(r: dict) -> str:
+        return (f"{_cell(r.get('picked_share'), 'pct')} | "
+                f"{_cell(r.get('referent_accuracy_picked'), 'pct')} | "
+                f"{_cell(r.get('chance_picked'), 'pct')}")
+
     lines = []
     for name, entry in results.items():
         m = entry["per_expression"]
@@ -365,18 +383,19 @@ def reading_table(results: dict) -> str:
             continue
         if not lines:
             lines = ["| dataset / split | group | samples | referent acc. | chance | 95 % "
-                     "interval |", "|---|---|---|---|---|---|"]
+                     "interval | picked an object | acc. where picked | chance where picked |",
+                     "|---|---|---|---|---|---|---|---|---|"]
         lo, hi = m["referent_interval"]
         lines.append(f"| {name} | all single-target | {m['referent_samples']} | "
                      f"{_cell(m['referent_accuracy'], 'pct')} | {_cell(m['chance'], 'pct')} | "
-                     f"{_cell(lo, 'pct')}–{_cell(hi, 'pct')} |")
+                     f"{_cell(lo, 'pct')}–{_cell(hi, 'pct')} | {picked(m)} |")
         for group, key in (("kind", "referent_by_kind"), ("objects", "referent_by_objects")):
             for value, r in m[key].items():
                 lines.append(f"| {name} | {group} {value} | {r['samples']} | "
                              f"{_cell(r['referent_accuracy'], 'pct')} | "
-                             f"{_cell(r['chance'], 'pct')} | |")
+                             f"{_cell(r['chance'], 'pct')} | | {picked(r)} |")
         if m.get("multi_samples"):
             lines.append(f"| {name} | multi-target: instance recall / precision | "
                          f"{m['multi_samples']} | {_cell(m['multi_instance_recall'], 'pct')} / "
-                         f"{_cell(m['multi_instance_precision'], 'pct')} | | |")
+                         f"{_cell(m['multi_instance_precision'], 'pct')} | | | | | |")
     return "\n".join(lines) + "\n" if lines else ""

@@ -97,7 +97,7 @@ def set_cpu_threads(threads: int | None) -> None:
 
 def reading_summary(m: dict) -> str:
     """One line of an evaluation: gIoU with its interval, referent accuracy beside chance and
-    per kind, N-acc."""
+    per kind, the same over the rows whose prediction picked an object, N-acc."""
     parts = [f"gIoU {m['gIoU']:.3f}"]
     iv = m.get("intervals", {}).get("gIoU")
     if iv:
@@ -108,6 +108,13 @@ def reading_summary(m: dict) -> str:
                           for k, v in m.get("referent_by_kind", {}).items())
         parts.append(f"referent accuracy {m['referent_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
                      f"(chance {m['chance']:.3f}; per kind accuracy/chance: {kinds})")
+        if m.get("referent_accuracy_picked") is not None:  # rows that picked an object
+            kinds = ", ".join(f"{k} {v['referent_accuracy_picked']:.2f}/{v['chance_picked']:.2f}"
+                              for k, v in m.get("referent_by_kind", {}).items()
+                              if v.get("referent_accuracy_picked") is not None)
+            parts.append(f"where an object was picked ({100 * m['picked_share']:.0f} % of "
+                         f"rows): {m['referent_accuracy_picked']:.3f} (chance "
+                         f"{m['chance_picked']:.3f}; per kind: {kinds})")
     if m.get("no_target_accuracy") is not None:
         parts.append(f"N-acc {m['no_target_accuracy']:.3f}")
     return "; ".join(parts)
@@ -483,8 +490,11 @@ class Pipeline:
     def _shuffle_control(self, model, current: Path) -> dict:
         """The final model on the held-out scenes with their expressions shuffled among rows
         of the same kind (rl.evaluate.shuffled_rows): a model that ignores the text scores as
-        on the real expressions; one that reads falls to chance or below it (it answers another
-        scene's expression with that expression's look-alike, in "share" scenes a distractor).
+        on the real expressions; one that reads falls to chance or below it: an attribute
+        expression from another scene mostly names an object this scene lacks, which the
+        task's no-target rows teach it to decline (no object picked), and where it does pick
+        one, the pick is the original target at chance rate (`referent_accuracy_picked`
+        against `chance_picked`).
         With the real expressions' predictions of this process, also the paired difference of
         referent accuracy, real - shuffled, over the single-target rows
         (`controls.real_minus_shuffled_referent`)."""
@@ -512,10 +522,15 @@ class Pipeline:
                 self.metrics["controls"]["real_minus_shuffled_referent"] = d
                 ci = (" [{:+.3f}, {:+.3f}]".format(*d["interval"]) if d["interval"] else "")
                 gap = f"; real - shuffled {d['difference']:+.3f}{ci}"
+        picked = ""
+        if m.get("referent_accuracy_picked") is not None:
+            picked = (f"; where an object was picked ({100 * m['picked_share']:.0f} % of rows) "
+                      f"{_fmt(m['referent_accuracy_picked'])}, chance "
+                      f"{_fmt(m['chance_picked'])}")
         log(f"shuffled-expression control ({final}): referent accuracy "
             f"{_fmt(m.get('referent_accuracy'))} (real expressions "
-            f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}{gap}), gIoU "
-            f"{m['gIoU']:.3f}")
+            f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}{gap}"
+            f"{picked}), gIoU {m['gIoU']:.3f}")
         return m
 
     def _curve_callback(self):

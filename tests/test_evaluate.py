@@ -94,6 +94,9 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
         hits = [p["referent"] for p in preds if p["dataset"] == name and p["referent"] is not None]
         assert hits and all(isinstance(h, bool) for h in hits)
         assert np.mean(hits) == entry["per_expression"]["referent_accuracy"]
+        picked = [p["picked"] for p in preds if p["dataset"] == name and p["picked"] is not None]
+        assert len(picked) == len(hits)
+        assert np.mean(picked) == entry["per_expression"]["picked_share"]
 
 
 def test_a_recipes_validation_scenes_are_the_ones_its_run_builds(grid8_model, tmp_path):

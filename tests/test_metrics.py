@@ -176,7 +176,9 @@ def test_reading_summary_per_kind_count_and_chance():
     assert m["referent_by_kind"]["attribute"]["referent_accuracy"] == 1.0
     assert m["referent_by_kind"]["relation"]["referent_accuracy"] == 0.0
     assert m["referent_by_objects"]["2"] == {"samples": 1, "referent_accuracy": 1.0,
-                                             "chance": 0.5}
+                                             "chance": 0.5, "picked_share": 1.0,
+                                             "referent_accuracy_picked": 1.0,
+                                             "chance_picked": 0.5}
     lo, hi = m["referent_interval"]
     assert 0 <= lo <= 2 / 3 <= hi <= 1
 
@@ -207,6 +209,9 @@ def test_reading_table_lists_kinds_and_counts():
     a.kind = "attribute"
     table = reading_table(report([a], ["synthetic/val"]))
     assert "kind attribute" in table and "objects 3" in table and "33.3" in table
+    # picked an object, accuracy and chance where picked
+    assert "| synthetic/val | kind attribute | 1 | 100.0 | 33.3 | | 100.0 | 100.0 | 33.3 |" \
+        in table
     assert reading_table(report([score_sample(pred, pred, None, [], [], True)], ["x"])) == ""
 
 
@@ -267,3 +272,25 @@ def test_seeded_difference_reduces_to_the_paired_one_and_contains_zero_for_equal
     assert wide["verdict"] == "not distinguishable" and wide["seeds"] == 3
     with pytest.raises(ValueError, match="seeds x samples"):
         seeded_paired_difference(runs, runs[:2])
+
+
+def test_referent_accuracy_where_an_object_was_picked_by_hand():
+    # Three rows of a 3-object scene and one of a 2-object scene: a hit, a distractor, a
+    # declined answer (nothing predicted), a tie (picks neither). Accuracy over all rows 1/4;
+    # over the two rows that picked an object 1/2, with those rows' chance (1/3 + 1/3) / 2.
+    from rl.metrics import reading
+
+    on0, on2, none = (np.zeros((10, 40), dtype=bool) for _ in range(3))
+    on0[:, 0:10], on2[:, 30:40] = True, True
+    tie = np.zeros((10, 40), dtype=bool)
+    tie[:, 5:20] = True
+    rows = [_referent(on0, [0]), _referent(on2, [0]), _referent(none, [1]),
+            _referent(tie, [1], _three_objects()[:2])]
+    assert [s.picked for s in rows] == [True, True, False, False]
+    m = reading(rows)
+    assert m["referent_accuracy"] == 0.25 and m["picked_share"] == 0.5
+    assert m["referent_accuracy_picked"] == 0.5
+    assert np.isclose(m["chance_picked"], 1 / 3)
+    assert np.isclose(m["chance"], (1 / 3 * 3 + 1 / 2) / 4)
+    nothing = reading([rows[2]])
+    assert nothing["picked_share"] == 0.0 and nothing["referent_accuracy_picked"] is None

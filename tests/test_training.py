@@ -239,6 +239,12 @@ def test_reading_summary_line():
         "gIoU 0.300 [0.200, 0.400]; referent accuracy 0.400 [0.300, 0.500] (chance 0.350; "
         "per kind accuracy/chance: attribute 0.50/0.30); N-acc 0.100")
     assert reading_summary({"gIoU": 0.5}) == "gIoU 0.500"
+    # The same over the rows that picked an object (a declined answer picks none).
+    m.update(picked_share=0.5, referent_accuracy_picked=0.6, chance_picked=0.34)
+    m["referent_by_kind"]["attribute"].update(referent_accuracy_picked=0.7, chance_picked=0.33)
+    assert reading_summary(m).endswith(
+        "attribute 0.50/0.30); where an object was picked (50 % of rows): 0.600 (chance 0.340; "
+        "per kind: attribute 0.70/0.33); N-acc 0.100")
 
 
 def test_fused_head_scores_labelled_positions_only_with_the_same_loss(tiny_model_dirs,
