@@ -311,31 +311,51 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reward_curves(results: list[dict], stage: str, key: str = "reward") -> dict:
+    """Each variant's logged `key` over the steps of `stage`: {name: {"steps": [...],
+    "seeds": [values per seed, ...], "mean": [...]}}; the mean over seeds at each step that
+    every seed logged (the steps are the same when the seeds share a recipe)."""
+    import numpy as np
+
+    per_seed: dict[str, list[dict]] = {}
+    for r in results:
+        path = Path(r["dir"]) / stage / "stage.json"
+        if path.is_file():
+            hist = json.loads(path.read_text()).get("log_history", [])
+            pts = {e["step"]: e[key] for e in hist if key in e and "step" in e}
+            if pts:
+                per_seed.setdefault(r["name"], []).append(pts)
+    curves = {}
+    for name, seeds in per_seed.items():
+        steps = sorted(set.intersection(*(set(p) for p in seeds)))
+        vals = [[p[s] for s in steps] for p in seeds]
+        curves[name] = {"steps": steps, "seeds": vals,
+                        "mean": [float(v) for v in np.mean(vals, axis=0)] if steps else []}
+    return curves
+
+
 def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "reward") -> Path | None:
     """One PNG: each variant's `key` (TRL's mean total reward by default) over the steps of
-    `stage`."""
+    `stage`; over several seeds, their mean (each seed's curve faint, in the same colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {}
-    for r in results:
-        path = Path(r["dir"]) / stage / "stage.json"
-        if path.is_file():
-            hist = json.loads(path.read_text()).get("log_history", [])
-            pts = [(e["step"], e[key]) for e in hist if key in e and "step" in e]
-            if pts:
-                curves[r["name"]] = pts
+    curves = reward_curves(results, stage, key)
     if not curves:
         return None
+    n_seeds = max(len(c["seeds"]) for c in curves.values())
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, pts in curves.items():
-        steps, vals = zip(*pts, strict=True)
-        ax.plot(steps, vals, lw=1.2, label=name)
+    for name, c in curves.items():
+        line, = ax.plot(c["steps"], c["mean"], lw=1.4, label=name)
+        if len(c["seeds"]) > 1:
+            for vals in c["seeds"]:
+                ax.plot(c["steps"], vals, lw=0.6, alpha=0.35, color=line.get_color())
     ax.set_xlabel("step")
     ax.set_ylabel(f"mean {key}")
-    ax.set_title(f"{stage}: {key} per variant")
+    ax.set_title(f"{stage}: {key} per variant"
+                 + (f" (mean of {n_seeds} seeds; each seed faint)" if n_seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

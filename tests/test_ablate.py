@@ -192,3 +192,23 @@ def test_table_gives_referent_accuracy_where_the_task_has_scene_objects(tmp_path
     lines = markdown([full, g16]).splitlines()
     assert "| referent acc. (chance) |" in lines[0] and lines[1].count("---") == 11
     assert "| 70.0 ± 14.1 (40.0) |" in lines[2] and "| 50.0 ± 0.0 (40.0) |" in lines[3]
+
+
+def test_reward_curves_average_the_seeds(tmp_path):
+    # Two seeds of one variant, one of another: the plot drew only the last seed before.
+    from rl.ablate import plot_comparison, reward_curves
+
+    results = [_fake_run(tmp_path, "full", s, [0.5]) for s in (0, 1)] + \
+              [_fake_run(tmp_path, "g16", 0, [0.5])]
+    logs = {("full", 0): [1.0, 2.0, 3.0], ("full", 1): [3.0, 4.0, 5.0], ("g16", 0): [0.5, 0.5]}
+    for r in results:
+        path = Path(r["dir"]) / "grpo_stage1"
+        path.mkdir()
+        hist = [{"step": 10 * (i + 1), "reward": v}
+                for i, v in enumerate(logs[r["name"], r["seed"]])]
+        (path / "stage.json").write_text(json.dumps({"log_history": hist + [{"loss": 0.1}]}))
+    curves = reward_curves(results, "grpo_stage1")
+    assert curves["full"] == {"steps": [10, 20, 30], "seeds": [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]],
+                              "mean": [2.0, 3.0, 4.0]}
+    assert curves["g16"]["mean"] == [0.5, 0.5] and len(curves["g16"]["seeds"]) == 1
+    assert plot_comparison(results, tmp_path, "grpo_stage1").is_file()
