@@ -26,7 +26,9 @@ seeded_paired_difference`: seed k of a variant paired with seed k of the full mo
 
 Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json` (with
 each row's wall seconds in this invocation, all seeds), and `rewards_<stage>.png` with each
-variant's mean total reward over steps.
+variant's mean total reward over steps; `rewards_<stage>.json` holds those curves and, printed
+too, each variant's curve against the full model's (at how many logged (step, seed) points the
+full model is higher, the difference of stage means per seed, where each curve starts and ends).
 """
 
 from __future__ import annotations
@@ -317,21 +319,77 @@ def reward_curves(results: list[dict], stage: str, key: str = "reward") -> dict:
     every seed logged (the steps are the same when the seeds share a recipe)."""
     import numpy as np
 
-    per_seed: dict[str, list[dict]] = {}
+    per_seed: dict[str, list[tuple]] = {}
     for r in results:
         path = Path(r["dir"]) / stage / "stage.json"
         if path.is_file():
             hist = json.loads(path.read_text()).get("log_history", [])
             pts = {e["step"]: e[key] for e in hist if key in e and "step" in e}
             if pts:
-                per_seed.setdefault(r["name"], []).append(pts)
+                per_seed.setdefault(r["name"], []).append((r.get("seed"), pts))
     curves = {}
     for name, seeds in per_seed.items():
-        steps = sorted(set.intersection(*(set(p) for p in seeds)))
-        vals = [[p[s] for s in steps] for p in seeds]
-        curves[name] = {"steps": steps, "seeds": vals,
+        steps = sorted(set.intersection(*(set(p) for _, p in seeds)))
+        vals = [[p[s] for s in steps] for _, p in seeds]
+        curves[name] = {"steps": steps, "seeds": vals, "seed_ids": [k for k, _ in seeds],
                         "mean": [float(v) for v in np.mean(vals, axis=0)] if steps else []}
     return curves
+
+
+def curve_differences(curves: dict, full: str) -> dict:
+    """Each variant's logged curve against the full model's (`reward_curves` output), seed
+    with seed at the steps both logged: at how many (step, seed) points the full model's value
+    is above the variant's, each seed's difference of stage means (full - variant over those
+    steps), and both mean curves' first two and last two logged points averaged (where a
+    curve starts and ends). TRL logs means over `logging_steps`, so none of this has an
+    interval over samples: it says which way the curves lie, not by how much for sure."""
+    import numpy as np
+
+    ref = curves.get(full)
+    out: dict[str, dict] = {}
+    if not ref or not ref["steps"]:
+        return out
+    ref_seeds = dict(zip(ref["seed_ids"], ref["seeds"]))
+
+    def ends(curve, steps):
+        vals = [v for s, v in zip(curve["steps"], curve["mean"]) if s in steps]
+        return [float(np.mean(vals[:2])), float(np.mean(vals[-2:]))]
+
+    for name, c in curves.items():
+        steps = sorted(set(ref["steps"]) & set(c["steps"]))
+        if name == full or not steps:
+            continue
+        above = points = 0
+        stage_means = {}
+        for seed, vals in zip(c["seed_ids"], c["seeds"]):
+            if seed not in ref_seeds:
+                continue
+            mine = dict(zip(c["steps"], vals))
+            theirs = dict(zip(ref["steps"], ref_seeds[seed]))
+            diff = [theirs[s] - mine[s] for s in steps]
+            above += sum(d > 0 for d in diff)
+            points += len(diff)
+            stage_means[seed] = float(np.mean(diff))
+        if points:
+            out[name] = {"steps": steps, "full_above": above, "points": points,
+                         "stage_mean_difference": stage_means,
+                         "full_first_last": ends(ref, set(steps)),
+                         "first_last": ends(c, set(steps))}
+    return out
+
+
+def curve_lines(diffs: dict, full: str, stage: str, key: str = "reward") -> list[str]:
+    """The printed form of `curve_differences`."""
+    lines = []
+    for name, d in diffs.items():
+        means = ", ".join(f"{v:+.3f} (seed {s})" for s, v in d["stage_mean_difference"].items())
+        (f0, f1), (v0, v1) = d["full_first_last"], d["first_last"]
+        lines.append(
+            f"[ablate] {stage} {key}, {full} - {name}: {full} higher at {d['full_above']}/"
+            f"{d['points']} logged (step, seed) points; stage means {means}; first two -> last "
+            f"two logged points (mean over seeds): {full} {f0:.3f} -> {f1:.3f}, "
+            f"{name} {v0:.3f} -> {v1:.3f} (no interval: TRL logs means of logging_steps)")
+    return lines
 
 
 def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "reward") -> Path | None:
@@ -490,8 +548,16 @@ def main(argv=None) -> list[dict]:
         (out / "table.md").write_text(markdown(rows))
     for stage in STAGES[1:]:
         plot_comparison(results, out, stage)
+        curves = reward_curves(results, stage)
+        if not curves:
+            continue
+        diffs = curve_differences(curves, a.full_name)
+        for line in curve_lines(diffs, a.full_name, stage):
+            print(line)
+        (out / f"rewards_{stage}.json").write_text(json.dumps(
+            {"curves": curves, "against_full": diffs}, indent=2) + "\n")
     print(markdown(table_rows(results)))
-    print(f"[ablate] table: {out / 'table.md'}; curves: {out}/rewards_*.png")
+    print(f"[ablate] table: {out / 'table.md'}; curves: {out}/rewards_*.png, rewards_*.json")
     print(f"[ablate] wall time: {time.perf_counter() - t_start:.0f} s (training and evaluating "
           f"what was not reused; per variant: table.json `seconds`)")
     return results

@@ -209,6 +209,35 @@ def test_reward_curves_average_the_seeds(tmp_path):
         (path / "stage.json").write_text(json.dumps({"log_history": hist + [{"loss": 0.1}]}))
     curves = reward_curves(results, "grpo_stage1")
     assert curves["full"] == {"steps": [10, 20, 30], "seeds": [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]],
-                              "mean": [2.0, 3.0, 4.0]}
+                              "seed_ids": [0, 1], "mean": [2.0, 3.0, 4.0]}
     assert curves["g16"]["mean"] == [0.5, 0.5] and len(curves["g16"]["seeds"]) == 1
     assert plot_comparison(results, tmp_path, "grpo_stage1").is_file()
+
+
+def test_curve_differences_pair_seeds_at_shared_steps():
+    # Hand-computed: the variant has seeds 1 and 0 (in that order) and misses step 30; seed 2
+    # of the full model has no partner. Differences full - variant at steps 10, 20:
+    # seed 0: (1 - 0, 2 - 3) = (+1, -1); seed 1: (3 - 1, 4 - 2) = (+2, +2).
+    from rl.ablate import curve_differences, curve_lines
+
+    curves = {
+        "full": {"steps": [10, 20, 30], "seed_ids": [0, 1, 2],
+                 "seeds": [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [9.0, 9.0, 9.0]],
+                 "mean": [13 / 3, 5.0, 17 / 3]},
+        "v": {"steps": [10, 20], "seed_ids": [1, 0], "seeds": [[1.0, 2.0], [0.0, 3.0]],
+              "mean": [0.5, 2.5]},
+    }
+    d = curve_differences(curves, "full")
+    assert set(d) == {"v"}
+    assert d["v"]["full_above"] == 3 and d["v"]["points"] == 4
+    assert d["v"]["stage_mean_difference"] == {1: 2.0, 0: 0.0}
+    assert d["v"]["first_last"] == [1.5, 1.5]
+    assert d["v"]["full_first_last"] == [pytest.approx(14 / 3), pytest.approx(14 / 3)]
+    (line,) = curve_lines(d, "full", "grpo_stage1")
+    assert "full higher at 3/4 logged (step, seed) points" in line
+    assert "+2.000 (seed 1), +0.000 (seed 0)" in line
+    # Identical curves: never higher, zero differences.
+    same = curve_differences({"full": curves["full"], "copy": curves["full"]}, "full")
+    assert same["copy"]["full_above"] == 0
+    assert set(same["copy"]["stage_mean_difference"].values()) == {0.0}
+    assert curve_differences({"v": curves["v"]}, "full") == {}
