@@ -4,6 +4,8 @@
         [--out runs/eval] [--vllm]
     python -m rl.evaluate --model runs/default/grpo_stage1 --recipe configs/default.yaml \
         --split validation --n 3000      # a synthetic recipe's own scenes
+    python -m rl.evaluate --targets --recipe configs/codecs/sft/rle_text.yaml --split eval
+                                         # no model: the recipe's cold-start targets, scored
 
 `--data` takes one or more folders written by `python -m rl.data --build grpo` (or `rows`);
 results come per dataset and split (the rows' `source` and `split`, or the folder name), per
@@ -11,6 +13,11 @@ expression and, for RefCOCO-style data with several expressions per object, per 
 `--out DIR` writes `metrics.json`, `metrics.md` (the table) and `predictions.jsonl` (per row: the
 answers, IoU, box IoU, kind and, on scenes whose objects are known, the referent hit), so two
 models' rows can be paired.
+
+`--targets` (with `--recipe`, instead of `--model`) scores the answers the recipe's cold start
+teaches (its codec over the greedy conversion of each mask, `rl.data.splits.recipe_targets`)
+as if a model had written them: the most a model that learnt its targets exactly could score,
+what the codec, the conversion and the mask decoder leave.
 
 Evaluation walks the path training walks: the same prompts, parser and mask decoder, so a
 number here and a reward there mean the same thing. Completions that do not parse are scored
@@ -395,7 +402,11 @@ def dataset_name(row, folder: str | Path) -> str:
 def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a saved model folder (with spatial_vocab.json)")
+    p.add_argument("--model", default=None,
+                   help="a saved model folder (with spatial_vocab.json); or --targets")
+    p.add_argument("--targets", action="store_true",
+                   help="with --recipe, no --model: score the recipe's cold-start targets as "
+                        "answers (the ceiling its codec, conversion and decoder leave)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", nargs="+",
                         help="folders written by `python -m rl.data --build grpo` (or rows)")
@@ -408,9 +419,9 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=None,
                    help="with --recipe: this many scenes (default: as many as the run uses)")
     p.add_argument("--rounds", type=int, default=0, help="refinement rounds (0: grid only)")
-    p.add_argument("--decoder", default="region",
-                   help='"region", or JSON like {"name": "sam", "variant": "vit_h", '
-                        '"checkpoint": "sam_vit_h.pth"}')
+    p.add_argument("--decoder", default=None,
+                   help='"region" (default; with --targets the recipe\'s), or JSON like '
+                        '{"name": "sam", "variant": "vit_h", "checkpoint": "sam_vit_h.pth"}')
     p.add_argument("--prompts", default=None,
                    help="prompt templates (default: the run's, else configs/prompts.yaml)")
     p.add_argument("--codec", default=None,
@@ -429,6 +440,16 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None,
                    help="write metrics.json, metrics.md and predictions.jsonl into this folder")
     a = p.parse_args(argv)
+    if a.targets:
+        clash = [f for f, on in (("--model", a.model), ("--data", a.data), ("--vllm", a.vllm),
+                                 ("--rounds", a.rounds), ("--shuffle-control", a.shuffle_control),
+                                 ("--codec", a.codec), ("--prompts", a.prompts)) if on]
+        if clash or not a.recipe:
+            p.error("--targets scores a recipe's own targets: it takes --recipe (and --split, "
+                    f"--n, --decoder, --out), not {', '.join(clash) or 'a missing --recipe'}")
+        return targets_main(a)
+    if a.model is None:
+        p.error("--model is required (or --targets with --recipe)")
     import torch
     from datasets import load_from_disk
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -446,7 +467,8 @@ def main(argv=None) -> dict:
     prompts = load_prompts(a.prompts or trained["prompts"])
     spec = codec_spec(a.codec) if a.codec else trained["codec"]
     ctx = RunContext(vocab=vocab, codec=get_codec(vocab=vocab, **spec),
-                     decoder_spec=read_spec(a.decoder), processor=processor, prompts=prompts)
+                     decoder_spec=read_spec(a.decoder or "region"), processor=processor,
+                     prompts=prompts)
     generator = VLLMGenerator(a.model, processor) if a.vllm else None
     model = None if a.vllm else AutoModelForImageTextToText.from_pretrained(
         a.model, use_kernels=False).eval()
@@ -469,7 +491,7 @@ def main(argv=None) -> dict:
     settings = EvalSettings(a.rounds, a.max_new_tokens, a.batch_size, generator)
     preds, scores = predict_and_score(model, rows, ctx, settings)
     results = report(scores, names)
-    results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder,
+    results_meta = {"model": a.model, "rounds": a.rounds, "decoder": a.decoder or "region",
                     "codec": spec, "results": results}
     table = markdown_table(results, a.model) + "\n" + reading_table(results)
     if a.rounds_curve:
@@ -500,6 +522,37 @@ def main(argv=None) -> dict:
                                     "instances_on_target": sc.instances_on_target}) + "\n")
         print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")
     return results_meta
+
+
+def targets_main(a) -> dict:
+    """`--targets`: the recipe's cold-start targets for its `--split` rows, scored as answers."""
+    from rl.config import load_config
+    from rl.context import read_spec
+    from rl.data.splits import recipe_targets
+    from rl.metrics import markdown_table, reading_table, report
+
+    cfg = load_config(a.recipe)
+    if a.decoder:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                decoder=read_spec(a.decoder)))
+    rows, texts = recipe_targets(cfg, a.split, a.n)
+    ctx = RunContext.from_config(cfg, processor=None)
+    settings = EvalSettings(generator=lambda convs, imgs, _: texts)
+    preds, scores = predict_and_score(None, rows, ctx, settings)
+    names = [dataset_name(r, a.split) for r in rows]
+    results = report(scores, names)
+    label = f"targets of {a.recipe}"
+    table = markdown_table(results, label) + "\n" + reading_table(results)
+    print(table)
+    meta = {"targets": a.recipe, "split": a.split, "codec": {"name": cfg.codec,
+            **cfg.codec_params}, "decoder": cfg.data.decoder, "results": results}
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (out / "metrics.md").write_text(table)
+        print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}")
+    return meta
 
 
 if __name__ == "__main__":

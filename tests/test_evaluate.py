@@ -1,5 +1,7 @@
 """Evaluation on the tiny model: deterministic, unparsable answers scored as empty."""
 
+import json
+
 import numpy as np
 
 from rl.context import RunContext
@@ -235,3 +237,43 @@ def test_sampled_rewards_score_each_rows_samples_with_the_stage_weights(grid8_mo
                                   max_new_tokens=10, batch_size=2)
     with pytest.raises(ValueError, match="greedy"):
         generate(model, proc, [rows[0]["prompt"]], [rows[0]["image"]], samples=2)
+
+
+def test_targets_score_the_ceiling_the_codec_leaves(tmp_path):
+    # `--targets`: no model, the recipe's cold-start answers scored as a model's. For rle_text
+    # that is each ground-truth mask's n x n map upsampled, computed here the other way round.
+    from pathlib import Path
+
+    import pytest
+    from pycocotools import mask as mask_utils
+
+    from rl.config import load_config
+    from rl.data.splits import recipe_rows
+    from rl.evaluate import main
+    from tokens.decoders.base import resize_mask
+    from tokens.text_codecs import RleTextCodec
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = root / "configs" / "codecs" / "sft" / "rle_text.yaml"
+    out = main(["--targets", "--recipe", str(recipe), "--split", "eval", "--n", "20",
+                "--out", str(tmp_path)])
+    (entry,) = out["results"].values()
+    coarse = RleTextCodec(load_config(recipe).codec_params["size"])
+    ious = []
+    for row in recipe_rows(load_config(recipe), "eval", 20):
+        masks = [mask_utils.decode(i["mask"]).astype(bool)
+                 for i in json.loads(row["solution"])["instances"]]
+        if not masks:
+            ious.append(1.0)  # nothing named, nothing answered
+            continue
+        h, w = masks[0].shape
+        gt = np.any(masks, axis=0)
+        pred = np.any([resize_mask(coarse.coarse_of(m), h, w) for m in masks], axis=0)
+        ious.append((gt & pred).sum() / (gt | pred).sum())
+    assert entry["per_expression"]["gIoU"] == pytest.approx(np.mean(ious))
+    assert 0.3 < entry["per_expression"]["gIoU"] < 0.95  # an 8x8 map loses much, not all
+    assert (tmp_path / "metrics.json").is_file()
+    with pytest.raises(SystemExit):  # a model's options make no sense without a model
+        main(["--targets", "--recipe", str(recipe), "--model", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--targets", "--split", "eval"])

@@ -1,6 +1,7 @@
 """rl.data.splits: each synthetic split of a recipe from its own seed, rows built as a run
 builds them, bad split names refused."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,20 @@ def test_train_kinds_change_the_training_scenes_only(tmp_path):
         assert len({r.kind for r in records(cfg, split)}) > 1
     held_out = [r.expression for r in records(cfg, "eval")]
     assert held_out[:4] == [r.expression for r in records(base, "eval")]
+
+
+def test_targets_are_the_cold_starts_answers_for_the_evaluation_rows(tmp_path):
+    from rl.data.splits import recipe_targets
+    from tokens import GridCodec, SpatialVocab
+
+    cfg = small_recipe(tmp_path)
+    rows, texts = recipe_targets(cfg, "eval", 12)
+    assert [r["id"] for r in rows] == [r["id"] for r in recipe_rows(cfg, "eval", 12)]
+    codec = GridCodec(SpatialVocab(cfg.model.grid_size, cfg.model.offset_radius,
+                                   cfg.model.offset_step_cells))
+    for row, text in zip(rows, texts, strict=True):
+        ans = codec.parse_answer(text)
+        targets = json.loads(row["targets"])
+        assert ans.well_formed, text
+        assert len(ans.instances) == len(targets)  # one instance a named object, none if none
+    assert any(not json.loads(r["targets"]) for r in rows)  # the none kind is among them

@@ -114,3 +114,30 @@ def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
     ctx = RunContext.from_config(cfg, processor=None)
     return list(build_grpo_stage1(records(cfg, split), ctx.prompts,
                                   build_config(cfg, ctx.vocab, ctx.codec)))
+
+
+def recipe_targets(cfg: RunConfig, split: str, n: int | None = None
+                   ) -> tuple[list[dict], list[str]]:
+    """The rows `recipe_rows` gives and, for each, the stage-1 answer the recipe's cold start
+    teaches for that record (its codec over the greedy conversion of the masks, as
+    `rl.data.samples.build_sft` writes it; no refinement dialogue, no caption, no row left out
+    by `data.min_iou`): what a model that wrote its targets exactly would answer. Scored like a
+    model's answers, they give the ceiling that the codec, the mask conversion and the decoder
+    leave."""
+    from rl.data.samples import build_grpo_stage1, build_sft
+
+    if split not in ("eval", "validation"):
+        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
+    if n is not None and split == "eval":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
+    elif n is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
+    ctx = RunContext.from_config(cfg, processor=None)
+    recs = list(records(cfg, split))
+    build = build_config(cfg, ctx.vocab, ctx.codec)
+    rows = list(build_grpo_stage1(recs, ctx.prompts, build))
+    build = dataclasses.replace(build, refinement=False, caption_share=0.0, min_iou=None)
+    sft = list(build_sft(recs, ctx.decoder(), ctx.prompts, build))
+    if [r["id"] for r in sft] != [r["id"] for r in rows]:  # one stage-1 row per record each
+        raise RuntimeError("the SFT targets and the evaluation rows are not the same records")
+    return rows, [r["completion"][0]["content"][0]["text"] for r in sft]
