@@ -28,13 +28,17 @@ MIN_COVER = 0.25
 class TowerPretrainConfig:
     """steps: optimizer steps (0: no pre-training); scenes: distinct training scenes (2-4
     objects, every distractor sharing a colour or a shape with another object), read in passes;
-    output_norm: the visual tokens' mean norm after scaling (null: left as trained)."""
+    output_norm: the visual tokens' mean norm after scaling (null: left as trained); size: also
+    regress each object's log area (standardized over the training objects, squared error
+    added to the two cross-entropies), so the tokens an object covers say how large it is
+    (what "the largest"/"the smallest" compare)."""
 
     steps: int = 0
     learning_rate: float = 1e-3
     batch_size: int = 16
     scenes: int = 3000
     output_norm: float | None = 1.0
+    size: bool = False
     seed: int = 0
 
 
@@ -72,7 +76,8 @@ def _object_example(rec, image_size: int, tokens_per_side: int) -> dict:
         weights[k, cover[k].argmax()] = cover[k].max()
     return {"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
             "shape": [SHAPES.index(v["shape"]) for v in views],
-            "colour": [colours.index(v["colour"]) for v in views]}
+            "colour": [colours.index(v["colour"]) for v in views],
+            "log_area": [float(np.log(max(m.mean(), 1.0 / m.size))) for m in masks]}
 
 
 class ObjectAttributes:
@@ -95,37 +100,51 @@ class ObjectAttributes:
         return {"pixel_values": inputs["pixel_values"],
                 "image_grid_thw": inputs["image_grid_thw"], "pool": pool,
                 "shape": torch.tensor([s for b in batch for s in b["shape"]]),
-                "colour": torch.tensor([c for b in batch for c in b["colour"]])}
+                "colour": torch.tensor([c for b in batch for c in b["colour"]]),
+                "log_area": torch.tensor([a for b in batch for a in b["log_area"]],
+                                         dtype=torch.float32)}
 
 
-def _tower_with_head(visual):
+def _tower_with_head(visual, size: tuple[float, float] | None = None):
+    """The tower with its head; `size`: (mean, standard deviation) of the training objects'
+    log areas, to regress them standardized (None: colour and shape only)."""
     import torch
     from torch import nn
 
+    n_cls = len(SHAPES) + len(COLOURS)
+
     class TowerWithHead(nn.Module):
-        """The vision tower and a linear colour + shape head on pooled object tokens."""
+        """The vision tower and a linear colour + shape (+ log area) head on pooled object
+        tokens."""
 
         def __init__(self):
             super().__init__()
             self.visual = visual
-            self.head = nn.Linear(visual.merger.mlp[-1].out_features, len(SHAPES) + len(COLOURS))
+            self.head = nn.Linear(visual.merger.mlp[-1].out_features, n_cls + (size is not None))
 
         def tokens(self, pixel_values, image_grid_thw):
             return self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
 
-        def forward(self, pixel_values, image_grid_thw, pool, shape, colour):
+        def forward(self, pixel_values, image_grid_thw, pool, shape, colour, log_area=None):
             logits = self.head(pool @ self.tokens(pixel_values, image_grid_thw))
             ce = nn.functional.cross_entropy
-            loss = ce(logits[:, :len(SHAPES)], shape) + ce(logits[:, len(SHAPES):], colour)
+            loss = ce(logits[:, :len(SHAPES)], shape) + ce(logits[:, len(SHAPES):n_cls], colour)
+            if size is not None and log_area is not None:
+                target = (log_area - size[0]) / size[1]
+                loss = loss + nn.functional.mse_loss(logits[:, n_cls], target)
             return {"loss": loss, "logits": logits}
 
         @torch.no_grad()
         def accuracy(self, batch) -> dict:
             logits = self(**batch)["logits"]
-            return {"shape": float((logits[:, :len(SHAPES)].argmax(1) == batch["shape"])
-                                   .float().mean()),
-                    "colour": float((logits[:, len(SHAPES):].argmax(1) == batch["colour"])
-                                    .float().mean())}
+            out = {"shape": float((logits[:, :len(SHAPES)].argmax(1) == batch["shape"])
+                                  .float().mean()),
+                   "colour": float((logits[:, len(SHAPES):n_cls].argmax(1) == batch["colour"])
+                                   .float().mean())}
+            if size is not None:  # how well the head orders the objects by size
+                pairs = torch.stack([logits[:, n_cls], batch["log_area"]])
+                out["size_correlation"] = float(torch.corrcoef(pairs)[0, 1])
+            return out
 
     return TowerWithHead()
 
@@ -147,7 +166,9 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
     workers = torch.get_num_threads()
     train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side, workers)
     held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side, workers))
-    net = _tower_with_head(model.model.visual)
+    areas = np.concatenate([ex["log_area"] for ex in train])
+    net = _tower_with_head(model.model.visual,
+                           (float(areas.mean()), float(areas.std())) if cfg.size else None)
     before = net.accuracy(held_out)
     work_dir = tempfile.TemporaryDirectory(prefix="vision_pretrain_")  # the Trainer's scratch
     args = TrainingArguments(output_dir=work_dir.name, max_steps=cfg.steps,

@@ -48,6 +48,8 @@ def test_pool_weights_by_hand():
     assert np.allclose(ex["pool"][1], want_b)
     assert ex["shape"] == [SHAPES.index("square"), SHAPES.index("circle")]
     assert ex["colour"] == [list(COLOURS).index("red"), list(COLOURS).index("blue")]
+    assert ex["log_area"] == pytest.approx([np.log((28 * 28 + 28 * 7) / 112 ** 2),
+                                            np.log(28 * 3 / 112 ** 2)])
 
 
 def test_collator_places_each_scene_block_on_its_own_tokens(tiny_model_dirs):
@@ -94,6 +96,21 @@ def test_pretraining_trains_only_the_tower_and_sets_the_token_norm(tmp_path):
         tokens = b.model.visual(inputs["pixel_values"],
                                 grid_thw=inputs["image_grid_thw"]).pooler_output
     assert float(tokens.norm(dim=-1).mean()) == pytest.approx(1.0, rel=0.15)
+
+
+def test_size_regression_is_trained_only_when_asked(tmp_path):
+    from rl.models import build_tiny_qwen2_5_vl
+
+    sized = build_tiny_qwen2_5_vl(tmp_path / "sized", seed=1, vision_pretrain={
+        "steps": 60, "scenes": 80, "output_norm": 1.0, "size": True})
+    figures = json.loads((sized / "vision_pretrain.json").read_text())
+    before, after = figures["held_out_before"], figures["held_out_after"]
+    # the head learns to order the objects by size from their pooled tokens
+    assert after["size_correlation"] > max(before["size_correlation"], 0.0) + 0.3
+    plain = build_tiny_qwen2_5_vl(tmp_path / "plain", seed=1, vision_pretrain={
+        "steps": 2, "scenes": 8, "output_norm": 1.0})
+    assert "size_correlation" not in json.loads(
+        (plain / "vision_pretrain.json").read_text())["held_out_after"]
 
 
 def test_unknown_pretraining_keys_fail(tmp_path):
