@@ -378,8 +378,10 @@ def curve_differences(curves: dict, full: str) -> dict:
     return out
 
 
-def curve_lines(diffs: dict, full: str, stage: str, key: str = "reward") -> list[str]:
-    """The printed form of `curve_differences`."""
+def curve_lines(diffs: dict, full: str, stage: str, key: str = "reward",
+                other_sum: set[str] | frozenset = frozenset()) -> list[str]:
+    """The printed form of `curve_differences`; variants in `other_sum` weight this stage's
+    rewards differently, so their total is another sum (said on their line)."""
     lines = []
     for name, d in diffs.items():
         means = ", ".join(f"{v:+.3f} (seed {s})" for s, v in d["stage_mean_difference"].items())
@@ -388,7 +390,9 @@ def curve_lines(diffs: dict, full: str, stage: str, key: str = "reward") -> list
             f"[ablate] {stage} {key}, {full} - {name}: {full} higher at {d['full_above']}/"
             f"{d['points']} logged (step, seed) points; stage means {means}; first two -> last "
             f"two logged points (mean over seeds): {full} {f0:.3f} -> {f1:.3f}, "
-            f"{name} {v0:.3f} -> {v1:.3f} (no interval: TRL logs means of logging_steps)")
+            f"{name} {v0:.3f} -> {v1:.3f} (no interval: TRL logs means of logging_steps)"
+            + (f"; {name} weights the {stage} rewards otherwise, so its {key} is another sum"
+               if name in other_sum else ""))
     return lines
 
 
@@ -552,7 +556,9 @@ def main(argv=None) -> list[dict]:
         if not curves:
             continue
         diffs = curve_differences(curves, a.full_name)
-        for line in curve_lines(diffs, a.full_name, stage):
+        other_sum = {r["name"] for r in results
+                     if any(c.startswith(f"{stage}.rewards") for c in r["changes"])}
+        for line in curve_lines(diffs, a.full_name, stage, other_sum=other_sum):
             print(line)
         (out / f"rewards_{stage}.json").write_text(json.dumps(
             {"curves": curves, "against_full": diffs}, indent=2) + "\n")

@@ -235,7 +235,10 @@ def test_curve_differences_pair_seeds_at_shared_steps():
     assert d["v"]["full_first_last"] == [pytest.approx(14 / 3), pytest.approx(14 / 3)]
     (line,) = curve_lines(d, "full", "grpo_stage1")
     assert "full higher at 3/4 logged (step, seed) points" in line
-    assert "+2.000 (seed 1), +0.000 (seed 0)" in line
+    assert "+2.000 (seed 1), +0.000 (seed 0)" in line and "another sum" not in line
+    (line,) = curve_lines(d, "full", "grpo_stage1", other_sum={"v"})
+    assert line.endswith("v weights the grpo_stage1 rewards otherwise, so its reward is "
+                         "another sum")
     # Identical curves: never higher, zero differences.
     same = curve_differences({"full": curves["full"], "copy": curves["full"]}, "full")
     assert same["copy"]["full_above"] == 0
