@@ -163,6 +163,12 @@ def reading(scores: Sequence[SampleScore]) -> dict:
         out["referent_samples"] = entry.pop("samples")
         out.update(entry)
         out["referent_interval"] = bootstrap_interval([float(s.referent) for s in single])
+        picked = [s for s in single if s.picked]
+        if picked:  # accuracy minus chance over the rows that picked an object, row by row
+            gain = [float(s.referent) - 1 / s.num_objects for s in picked]
+            out["picked_minus_chance"] = {"difference": float(np.mean(gain)),
+                                          "interval": bootstrap_interval(gain),
+                                          "samples": len(gain)}
         out["referent_by_kind"] = {k: _referent_entry([s for s in single if s.kind == k])
                                    for k in sorted({s.kind for s in single})}
         out["referent_by_objects"] = {

@@ -494,7 +494,8 @@ class Pipeline:
         expression from another scene mostly names an object this scene lacks, which the
         task's no-target rows teach it to decline (no object picked), and where it does pick
         one, the pick is the original target at chance rate (`referent_accuracy_picked`
-        against `chance_picked`).
+        against `chance_picked`; their row-by-row difference with its interval in
+        `picked_minus_chance`).
         With the real expressions' predictions of this process, also the paired difference of
         referent accuracy, real - shuffled, over the single-target rows
         (`controls.real_minus_shuffled_referent`)."""
@@ -524,9 +525,13 @@ class Pipeline:
                 gap = f"; real - shuffled {d['difference']:+.3f}{ci}"
         picked = ""
         if m.get("referent_accuracy_picked") is not None:
+            over = m.get("picked_minus_chance") or {}
+            ci = (" [{:+.3f}, {:+.3f}]".format(*over["interval"]) if over.get("interval")
+                  else "")
             picked = (f"; where an object was picked ({100 * m['picked_share']:.0f} % of rows) "
                       f"{_fmt(m['referent_accuracy_picked'])}, chance "
-                      f"{_fmt(m['chance_picked'])}")
+                      f"{_fmt(m['chance_picked'])}"
+                      + (f", difference {over['difference']:+.3f}{ci}" if over else ""))
         log(f"shuffled-expression control ({final}): referent accuracy "
             f"{_fmt(m.get('referent_accuracy'))} (real expressions "
             f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}{gap}"

@@ -292,5 +292,11 @@ def test_referent_accuracy_where_an_object_was_picked_by_hand():
     assert m["referent_accuracy_picked"] == 0.5
     assert np.isclose(m["chance_picked"], 1 / 3)
     assert np.isclose(m["chance"], (1 / 3 * 3 + 1 / 2) / 4)
+    # accuracy minus chance row by row over the picked rows: (1 - 1/3, 0 - 1/3), mean 1/6
+    over = m["picked_minus_chance"]
+    assert np.isclose(over["difference"], 1 / 6) and over["samples"] == 2
+    lo, hi = over["interval"]
+    assert np.isclose(lo, -1 / 3) and np.isclose(hi, 2 / 3)  # all-miss .. all-hit resamples
     nothing = reading([rows[2]])
     assert nothing["picked_share"] == 0.0 and nothing["referent_accuracy_picked"] is None
+    assert "picked_minus_chance" not in nothing
