@@ -98,6 +98,17 @@ def build_config(cfg: RunConfig, vocab, codec):
                        image_after_text=cfg.data.image_after_text, seed=cfg.seed)
 
 
+def _sized(cfg: RunConfig, split: str, n: int | None) -> RunConfig:
+    """`cfg` with `n` rows on evaluation split `split` (None: as the run uses)."""
+    if split not in ("eval", "validation"):
+        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
+    if n is not None and split == "eval":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
+    elif n is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
+    return cfg
+
+
 def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
     """The GRPO-style rows (prompt, image, solution, kind, ...) a run of recipe `cfg` evaluates
     on `split` ("eval": the held-out records, synthetic or `data.eval_dir`; "validation": the
@@ -105,12 +116,7 @@ def recipe_rows(cfg: RunConfig, split: str, n: int | None = None) -> list[dict]:
     pipeline's own held-out and learning-curve rows."""
     from rl.data.samples import build_grpo_stage1
 
-    if split not in ("eval", "validation"):
-        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
-    if n is not None and split == "eval":
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
-    elif n is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
+    cfg = _sized(cfg, split, n)
     ctx = RunContext.from_config(cfg, processor=None)
     return list(build_grpo_stage1(records(cfg, split), ctx.prompts,
                                   build_config(cfg, ctx.vocab, ctx.codec)))
@@ -126,12 +132,7 @@ def recipe_targets(cfg: RunConfig, split: str, n: int | None = None
     leave."""
     from rl.data.samples import build_grpo_stage1, build_sft
 
-    if split not in ("eval", "validation"):
-        raise ValueError(f"split {split!r}: evaluation rows come from 'eval' or 'validation'")
-    if n is not None and split == "eval":
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_eval=n))
-    elif n is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_samples=n))
+    cfg = _sized(cfg, split, n)
     ctx = RunContext.from_config(cfg, processor=None)
     recs = list(records(cfg, split))
     build = build_config(cfg, ctx.vocab, ctx.codec)
