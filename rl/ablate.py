@@ -396,15 +396,17 @@ def curve_lines(diffs: dict, full: str, stage: str, key: str = "reward",
     return lines
 
 
-def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "reward") -> Path | None:
+def plot_comparison(results: list[dict], out: Path, stage: str, key: str = "reward",
+                    curves: dict | None = None) -> Path | None:
     """One PNG: each variant's `key` (TRL's mean total reward by default) over the steps of
-    `stage`; over several seeds, their mean (each seed's curve faint, in the same colour)."""
+    `stage`; over several seeds, their mean (each seed's curve faint, in the same colour).
+    `curves`: `reward_curves(results, stage, key)` when the caller has them already."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = reward_curves(results, stage, key)
+    curves = reward_curves(results, stage, key) if curves is None else curves
     if not curves:
         return None
     n_seeds = max(len(c["seeds"]) for c in curves.values())
@@ -551,8 +553,8 @@ def main(argv=None) -> list[dict]:
         (out / "table.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         (out / "table.md").write_text(markdown(rows))
     for stage in STAGES[1:]:
-        plot_comparison(results, out, stage)
         curves = reward_curves(results, stage)
+        plot_comparison(results, out, stage, curves=curves)
         if not curves:
             continue
         diffs = curve_differences(curves, a.full_name)
