@@ -31,7 +31,8 @@ class TowerPretrainConfig:
     output_norm: the visual tokens' mean norm after scaling (null: left as trained); size: also
     regress each object's log area (standardized over the training objects, squared error
     added to the two cross-entropies), so the tokens an object covers say how large it is
-    (what "the largest"/"the smallest" compare)."""
+    (what "the largest"/"the smallest" compare); lr_scheduler_type: transformers' schedule of
+    the rate over the steps ("constant": none; "cosine": decays to 0 at the last step)."""
 
     steps: int = 0
     learning_rate: float = 1e-3
@@ -39,6 +40,7 @@ class TowerPretrainConfig:
     scenes: int = 3000
     output_norm: float | None = 1.0
     size: bool = False
+    lr_scheduler_type: str = "constant"
     seed: int = 0
 
 
@@ -153,7 +155,7 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
     """Train `model`'s vision tower in place (see the module docstring); `processor` takes
     images of `image_size`² pixels. Returns the held-out
     colour and shape accuracy of the head before and after (300 scenes of their own seed), the
-    tokens' mean norm before scaling, and the training loss history."""
+    tokens' mean norm before scaling, and the training loss and rate at each logged step."""
     import tempfile
 
     import torch
@@ -173,7 +175,8 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
     work_dir = tempfile.TemporaryDirectory(prefix="vision_pretrain_")  # the Trainer's scratch
     args = TrainingArguments(output_dir=work_dir.name, max_steps=cfg.steps,
                              per_device_train_batch_size=cfg.batch_size,
-                             learning_rate=cfg.learning_rate, lr_scheduler_type="constant",
+                             learning_rate=cfg.learning_rate,
+                             lr_scheduler_type=cfg.lr_scheduler_type,
                              weight_decay=0.0, logging_steps=max(1, cfg.steps // 10),
                              save_strategy="no", report_to=[], seed=cfg.seed,
                              remove_unused_columns=False, disable_tqdm=True, use_cpu=True)
@@ -190,4 +193,6 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
             last.bias.mul_(cfg.output_norm / norm)
     return {"held_out_before": before, "held_out_after": after, "token_norm_trained": norm,
             "output_norm": cfg.output_norm,
-            "loss": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+            "loss": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "learning_rate": [e["learning_rate"] for e in trainer.state.log_history
+                              if "loss" in e]}

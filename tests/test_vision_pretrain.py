@@ -113,6 +113,20 @@ def test_size_regression_is_trained_only_when_asked(tmp_path):
         (plain / "vision_pretrain.json").read_text())["held_out_after"]
 
 
+def test_pretraining_rate_schedule_is_the_configured_one(tmp_path):
+    from rl.models import build_tiny_qwen2_5_vl
+
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        out = build_tiny_qwen2_5_vl(tmp_path / schedule, seed=1, vision_pretrain={
+            "steps": 20, "scenes": 16, "learning_rate": 3e-3, "lr_scheduler_type": schedule})
+        rates[schedule] = json.loads((out / "vision_pretrain.json").read_text())["learning_rate"]
+    assert len(rates["constant"]) == 10 and set(rates["constant"]) == {3e-3}
+    cosine = rates["cosine"]
+    assert cosine[0] == pytest.approx(3e-3, rel=0.05) and cosine[-1] < 1e-4
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+
+
 def test_unknown_pretraining_keys_fail(tmp_path):
     from rl.models import build_tiny_qwen2_5_vl
 
