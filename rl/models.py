@@ -129,8 +129,9 @@ def build_tiny_qwen2_5_vl(
     with Qwen's default one (Qwen's behaviour; the default recipe turns it off: 11 constant
     tokens of every sample's 58).
     `vision_pretrain`: the fields of `rl.vision_pretrain.TowerPretrainConfig` (steps,
-    learning_rate, lr_scheduler_type, batch_size, scenes, output_norm, size): the vision tower is trained on the
-    synthetic scenes' object colours and shapes before saving (its figures in
+    learning_rate, lr_scheduler_type, batch_size, scenes, output_norm, size): the vision
+    tower is trained on the synthetic scenes' object colours and shapes before saving (its
+    figures in
     `vision_pretrain.json`); None or 0 steps: random, as the rest.
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
