@@ -131,8 +131,7 @@ def build_tiny_qwen2_5_vl(
     `vision_pretrain`: the fields of `rl.vision_pretrain.TowerPretrainConfig` (steps,
     learning_rate, lr_scheduler_type, batch_size, scenes, output_norm, size): the vision
     tower is trained on the synthetic scenes' object colours and shapes before saving (its
-    figures in
-    `vision_pretrain.json`); None or 0 steps: random, as the rest.
+    figures in `vision_pretrain.json`); None or 0 steps: random, as the rest.
     Returns the folder, loadable with `AutoModelForImageTextToText` and `AutoProcessor`.
     """
     import torch

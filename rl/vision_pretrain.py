@@ -191,8 +191,7 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
             last = model.model.visual.merger.mlp[-1]
             last.weight.mul_(cfg.output_norm / norm)
             last.bias.mul_(cfg.output_norm / norm)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
     return {"held_out_before": before, "held_out_after": after, "token_norm_trained": norm,
-            "output_norm": cfg.output_norm,
-            "loss": [e["loss"] for e in trainer.state.log_history if "loss" in e],
-            "learning_rate": [e["learning_rate"] for e in trainer.state.log_history
-                              if "loss" in e]}
+            "output_norm": cfg.output_norm, "loss": [e["loss"] for e in logged],
+            "learning_rate": [e["learning_rate"] for e in logged]}
