@@ -355,6 +355,47 @@ def load_model(path: str | Path, model_cfg=None):
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
+class ModelInBackground:
+    """`prepare_model` run in a spawned process on `threads` torch threads, so this process can
+    build the run's data meanwhile (`rl.pipeline.Pipeline.run`). The child seeds torch with
+    `seed` first, as the pipeline does before `prepare_model`, and then makes the same
+    checkpoint: the tiny model, its tower pre-training (`model.tiny.vision_pretrain`, a
+    single-thread `transformers.Trainer` that leaves the second core idle) and the spatial
+    vocabulary. `join` waits for it and returns the folder, or raises if the child failed (its
+    traceback is on stderr above); `stop` ends it."""
+
+    def __init__(self, model_cfg, out_dir: str | Path, seed: int = 0, threads: int = 1):
+        import multiprocessing
+
+        self.out_dir = Path(out_dir)
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_prepare_model_process, args=(model_cfg, str(out_dir), seed, threads),
+            name="getok-prepare-model")
+        self.process.start()
+
+    def join(self) -> Path:
+        self.process.join()
+        if self.process.exitcode != 0:
+            raise RuntimeError(f"making the starting checkpoint in {self.out_dir} (model.path "
+                               f"null: the tiny model, in a spawned process) failed with exit "
+                               f"code {self.process.exitcode}; its traceback is above")
+        return self.out_dir / "model_init"
+
+    def stop(self) -> None:
+        """End the child (this process failed before it needed the checkpoint)."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def _prepare_model_process(model_cfg, out_dir: str, seed: int, threads: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    prepare_model(model_cfg, out_dir, seed)
+
+
 def prepare_model(model_cfg, out_dir: str | Path, seed: int = 0) -> Path:
     """The starting checkpoint with the spatial vocabulary, made once, in this process.
 

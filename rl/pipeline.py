@@ -191,6 +191,9 @@ class Pipeline:
         self.last_predictions: list | None = None
         self.last_evaluated: str | None = None
         self._evaluated: list = []  # (stage, per-sample IoUs, rounds) evaluated in this process
+        # SFT rows built in `run` while the model was made in a second process.
+        self._prebuilt_sft: list | None = None
+        self._prebuilt_curriculum: list | None = None
 
     # ---- pieces ---------------------------------------------------------------------------
     def decoder(self):
@@ -359,11 +362,28 @@ class Pipeline:
         t_start = time.perf_counter()
         check_resumable(cfg, self.out)
         write_json(self.out / "config.json", to_dict(cfg), indent=2, default=str)
-        init_dir = prepare_model(cfg.model, self.out, cfg.seed)
-        log(f"model with the spatial vocabulary: {init_dir}")
-        train = records(cfg, "train")
         build = self.build_config()
-        self.eval_rows = recipe_rows(cfg, "eval")
+        background = self._model_in_background()
+        if background is not None:
+            # The tower's pre-training keeps one core busy; the data is built on the others
+            # meanwhile (the same records and rows with fewer processes, tested).
+            data_cfg = dataclasses.replace(cfg, cpu_threads=data_workers(cfg) - 1)
+            try:
+                train = records(data_cfg, "train")
+                self.eval_rows = recipe_rows(data_cfg, "eval")
+                self._prebuilt_sft = self._build_sft(train, build, data_workers(data_cfg))
+                if cfg.sft.curriculum_steps:
+                    self._prebuilt_curriculum = self._build_sft(
+                        records(data_cfg, "curriculum"), build, data_workers(data_cfg))
+            except BaseException:
+                background.stop()
+                raise
+            init_dir = background.join()
+        else:
+            init_dir = prepare_model(cfg.model, self.out, cfg.seed)
+            train = records(cfg, "train")
+            self.eval_rows = recipe_rows(cfg, "eval")
+        log(f"model with the spatial vocabulary: {init_dir}")
         log(f"data: {len(train)} training records, {len(self.eval_rows)} held-out "
             f"({cfg.data.source})")
         self.ctx.processor = AutoProcessor.from_pretrained(init_dir)
@@ -382,7 +402,9 @@ class Pipeline:
             current, model = Path(sft.checkpoint), None
         elif sft.enabled:
             def train_sft(model):
-                rows = self._build_sft(train, build)
+                rows, self._prebuilt_sft = self._prebuilt_sft, None  # held by this stage only
+                if rows is None:
+                    rows = self._build_sft(train, build)
                 stage, hist = sft, []
                 if sft.curriculum_steps and sft.curriculum_restart:
                     if sft.curriculum_steps >= sft.max_steps:
@@ -559,19 +581,40 @@ class Pipeline:
 
     def _curriculum_rows(self, build) -> list[dict]:
         """The curriculum's SFT rows (`records(cfg, "curriculum")`, built as the training
-        scenes are)."""
+        scenes are; kept from `run` where they were built beside the model)."""
+        if self._prebuilt_curriculum is not None:
+            rows, self._prebuilt_curriculum = self._prebuilt_curriculum, None
+            return rows
         return self._build_sft(records(self.cfg, "curriculum"), build)
 
-    def _build_sft(self, recs: list, build) -> list[dict]:
-        """The SFT rows of `recs` (rl.data.samples.build_sft), built over `data_workers`
-        processes: the rows one process would build, in the same order."""
+    def _model_in_background(self):
+        """The starting checkpoint made in a second process (`rl.models.ModelInBackground`)
+        while this one builds the data, where that pays: the tiny model with its tower
+        pre-trained (minutes on one core) is still to be made, the run has at least two
+        cores and is one process. Else None: `prepare_model` here, then the data."""
+        from rl.models import ModelInBackground
+
+        cfg = self.cfg
+        tower = (cfg.model.tiny or {}).get("vision_pretrain") or {}
+        if (cfg.model.path is not None or not tower.get("steps")
+                or (self.out / "model_init" / "spatial_vocab.json").is_file()
+                or data_workers(cfg) < 2 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+                or not (cfg.sft.enabled and not cfg.sft.checkpoint)):
+            return None
+        log("the starting checkpoint (tiny model, tower pre-training) in a second process "
+            "on one thread, the data built here meanwhile")
+        return ModelInBackground(cfg.model, self.out, cfg.seed, threads=1)
+
+    def _build_sft(self, recs: list, build, workers: int | None = None) -> list[dict]:
+        """The SFT rows of `recs` (rl.data.samples.build_sft), built over `workers` processes
+        (default `data_workers`): the rows one process would build, in the same order."""
         from rl.data.parallel import in_processes
         from rl.data.samples import build_sft
 
         decoder = self.decoder()
         return in_processes(lambda lo, hi: list(build_sft(recs[lo:hi], decoder, self.prompts,
                                                           build, start=lo)),
-                            len(recs), data_workers(self.cfg))
+                            len(recs), workers or data_workers(self.cfg))
 
     def _curriculum_scenes_label(self) -> str:
         d = self.cfg.data

@@ -150,3 +150,76 @@ def test_models_load_without_hub_kernels_unless_the_recipe_asks(tiny_model_dirs,
     with hub_kernels(False):
         pass
     assert os.environ["USE_HUB_KERNELS"] == "YES"
+
+
+def _small_tower_config(**tower):
+    from pathlib import Path
+
+    from rl.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(root / "configs" / "default.yaml",
+                       {"model": {"tiny": {"num_layers": 2,
+                                           "vision_pretrain": {"steps": 4, "scenes": 24,
+                                                               **tower}}}})
+
+
+def test_model_made_in_a_second_process_is_the_one_made_here(tmp_path):
+    """`ModelInBackground` (a spawned process, one thread) makes the checkpoint `prepare_model`
+    makes in this process after the pipeline's seeding, tensor for tensor."""
+    from safetensors.torch import load_file
+
+    from rl.models import ModelInBackground, prepare_model
+
+    cfg = _small_tower_config()
+    torch.manual_seed(0)
+    here = prepare_model(cfg.model, tmp_path / "here", seed=0)
+    there = ModelInBackground(cfg.model, tmp_path / "there", seed=0).join()
+    assert there == tmp_path / "there" / "model_init"
+    assert (there / "spatial_vocab.json").is_file()
+    a, b = load_file(str(here / "model.safetensors")), load_file(str(there / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "there" / "base" / "vision_pretrain.json").is_file()
+
+
+def test_model_made_in_a_second_process_reports_its_failure(tmp_path):
+    from rl.models import ModelInBackground
+
+    cfg = _small_tower_config(no_such_key=1)  # refused by the child's build
+    with pytest.raises(RuntimeError, match="exit code 1"):
+        ModelInBackground(cfg.model, tmp_path, seed=0).join()
+    # stopped before it is done (the pipeline failed meanwhile): no child is left running
+    child = ModelInBackground(_small_tower_config().model, tmp_path / "stopped", seed=0)
+    child.stop()
+    assert not child.process.is_alive() and child.process.exitcode != 0
+
+
+def test_pipeline_makes_the_model_beside_the_data_only_where_it_pays(tmp_path, monkeypatch):
+    """The second process is started for a tiny model with tower pre-training, on a run of one
+    process with two cores or more, whose cold start trains; otherwise the model is made here."""
+    import rl.models
+    from rl.config import load_config
+    from rl.pipeline import Pipeline
+
+    started = []
+
+    class Recorder:
+        def __init__(self, model_cfg, out_dir, seed=0, threads=1):
+            started.append((str(out_dir), seed, threads))
+
+    monkeypatch.setattr(rl.models, "ModelInBackground", Recorder)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def decide(**over):
+        base = {"output_dir": str(tmp_path / "run"), "cpu_threads": 2, "seed": 3}
+        p = Pipeline(load_config("configs/default.yaml", {**base, **over}))
+        return p._model_in_background()
+
+    assert isinstance(decide(), Recorder) and started == [(str(tmp_path / "run"), 3, 1)]
+    assert decide(cpu_threads=1) is None
+    assert decide(model={"tiny": {"vision_pretrain": {"steps": 0}}}) is None
+    assert decide(model={"path": str(tmp_path)}) is None
+    assert decide(sft={"enabled": False}) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert decide() is None
+    assert len(started) == 1
