@@ -197,6 +197,8 @@ def test_model_made_in_a_second_process_reports_its_failure(tmp_path):
 def test_pipeline_makes_the_model_beside_the_data_only_where_it_pays(tmp_path, monkeypatch):
     """The second process is started for a tiny model with tower pre-training, on a run of one
     process with two cores or more, whose cold start trains; otherwise the model is made here."""
+    from pathlib import Path
+
     import rl.models
     from rl.config import load_config
     from rl.pipeline import Pipeline
@@ -210,9 +212,11 @@ def test_pipeline_makes_the_model_beside_the_data_only_where_it_pays(tmp_path, m
     monkeypatch.setattr(rl.models, "ModelInBackground", Recorder)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
 
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
     def decide(**over):
         base = {"output_dir": str(tmp_path / "run"), "cpu_threads": 2, "seed": 3}
-        p = Pipeline(load_config("configs/default.yaml", {**base, **over}))
+        p = Pipeline(load_config(recipe, {**base, **over}))
         return p._model_in_background()
 
     assert isinstance(decide(), Recorder) and started == [(str(tmp_path / "run"), 3, 1)]
