@@ -196,6 +196,11 @@ class GRPOStageConfig:
     # On-policy stage 2: the proposal tokens carry the loss too (rl.rollout.RefinementRollout
     # anchor_proposal), so the KL term holds the proposals while the refinement is trained.
     anchor_proposal: bool = False
+    # What the stage trains: "all" (every parameter the model trains), or "refinement_tokens"
+    # (stage 2 only: the embedding and LM-head rows of the offset tokens and `<DELETE>`, the
+    # tokens only a refinement writes; rl.training.refinement_rows_only). With the rest frozen
+    # the proposal turn is the starting policy's, so stage 2 cannot cost the proposals.
+    trainable: str = "all"
     regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None
     logging_steps: int | None = None  # this stage's logging interval (null: the run's)
@@ -368,6 +373,9 @@ def _check_extra_args(cfg: RunConfig, where: str) -> None:
                                   f"argument through `{at}`; set it there")
 
 
+TRAINABLE = ("all", "refinement_tokens")
+
+
 def check(cfg: RunConfig, where: str) -> None:
     """What the schema cannot say: the codec exists, takes its parameters, and is grid tokens
     wherever offset refinement is asked for; `sft.new_rows` and `sft.freeze_vision` are among
@@ -386,6 +394,18 @@ def check(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")
 
+    for name in ("grpo_stage1", "grpo_stage2"):
+        stage = getattr(cfg, name)
+        if stage.trainable not in TRAINABLE:
+            raise ConfigError(f"{where}.{name}.trainable: expected one of {', '.join(TRAINABLE)}, "
+                              f"got {stage.trainable!r}")
+        if stage.trainable == "refinement_tokens" and name != "grpo_stage2":
+            raise ConfigError(f"{where}.{name}.trainable: refinement_tokens trains the rows of "
+                              f"the offset tokens and <DELETE>, which only stage 2 writes; "
+                              f"expected all")
+        if stage.trainable == "refinement_tokens" and stage.lora:
+            raise ConfigError(f"{where}.{name}: trainable refinement_tokens with lora: the "
+                              f"rows are trained on the model itself; drop one of them")
     try:
         get_codec(cfg.codec, **cfg.codec_params)
     except ValueError as e:

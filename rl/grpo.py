@@ -105,8 +105,15 @@ def run_grpo(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model, tr
              reference: str | Path | None = None, rollout_func=None):
     """Train `model` with GRPO (see `grpo_trainer`); save to `ctx.output_dir` when `save`.
     Returns (the trained model, TRL's log history)."""
-    from rl.training import train_and_save
+    from contextlib import nullcontext
 
-    trainer = grpo_trainer(stage, stage_name, ctx, model, train_dataset, max_steps, reference,
-                           rollout_func)
-    return train_and_save(trainer, ctx, merge=bool(stage.lora), save=save)
+    from rl.training import refinement_rows_only, refinement_token_ids, train_and_save
+
+    rows = nullcontext()
+    if stage.trainable == "refinement_tokens":
+        tok = getattr(ctx.processor, "tokenizer", ctx.processor)
+        rows = refinement_rows_only(model, refinement_token_ids(tok, ctx.vocab))
+    with rows:
+        trainer = grpo_trainer(stage, stage_name, ctx, model, train_dataset, max_steps,
+                               reference, rollout_func)
+        return train_and_save(trainer, ctx, merge=bool(stage.lora), save=save)

@@ -205,13 +205,64 @@ def train_head_rows(model, ids) -> None:
 
 
 def fold_head_rows(model) -> None:
-    """Write the rows trained by `train_head_rows` into the head's weight and remove the
-    parametrization (nothing to do when there is none)."""
+    """Write the rows trained by `train_head_rows` or `refinement_rows_only` into the weights
+    of the head and of the input embeddings and remove the parametrizations (nothing to do
+    where there is none). Tied weights stay tied: the parametrization is removed in place."""
     from torch.nn.utils import parametrize
 
-    head = model.get_output_embeddings()
-    if head is not None and parametrize.is_parametrized(head, "weight"):
-        parametrize.remove_parametrizations(head, "weight", leave_parametrized=True)
+    for module in (model.get_output_embeddings(), model.get_input_embeddings()):
+        if module is not None and parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def refinement_token_ids(tokenizer, vocab) -> list[int]:
+    """The ids of the tokens only a refinement writes: the offset tokens and `<DELETE>`."""
+    from tokens.vocab import DELETE_TOKEN
+
+    names = vocab.offset_tokens() + [DELETE_TOKEN]
+    ids = tokenizer.convert_tokens_to_ids(names)
+    unknown = [n for n, i in zip(names, ids, strict=True)
+               if i is None or i == tokenizer.unk_token_id]
+    if unknown:
+        raise ValueError(f"the tokenizer lacks the refinement tokens {unknown[:3]}: extend it "
+                         f"with the spatial vocabulary first (tokens.extend)")
+    return [int(i) for i in ids]
+
+
+@contextmanager
+def refinement_rows_only(model, ids):
+    """Within the block the model trains only rows `ids` of its input embeddings and LM head
+    (`GRPOStageConfig.trainable: refinement_tokens`): every parameter is frozen and each of
+    the two weights is parametrized (`RowsReplaced`) so that rows `ids` come from one trainable
+    tensor, shared by both when the head is tied to the embeddings. A token that is not among
+    `ids` is embedded and scored as before, so what the model writes before the first of them
+    (the proposal turn) is the starting policy's. `fold_head_rows` writes the rows into the
+    weights (`train_and_save` calls it before saving; done again here on leaving, where the
+    training failed); afterwards every parameter's `requires_grad` is as it was."""
+    from torch.nn.utils import parametrize
+
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if hasattr(embed.weight, "ds_id"):
+        raise ValueError("trainable: refinement_tokens replaces rows of the embedding weight, "
+                         "which DeepSpeed ZeRO-3 partitions across processes; use ZeRO-2 or "
+                         "no DeepSpeed for this stage")
+    before = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in before:
+        q.requires_grad_(False)
+    rows = _rows_replaced_class()(embed.weight, ids)
+    tied = head is not None and head.weight is embed.weight
+    if head is not None and not tied:  # an untied head: its own rows
+        parametrize.register_parametrization(head, "weight",
+                                             _rows_replaced_class()(head.weight, ids))
+    parametrize.register_parametrization(embed, "weight", rows)
+    if tied:  # the same original weight and the same rows: tied after folding too
+        parametrize.register_parametrization(head, "weight", rows)
+    try:
+        yield
+    finally:
+        fold_head_rows(model)
+        for q, flag in before:
+            q.requires_grad_(flag)
 
 
 def write_trainer_info(trainer, out_dir: Path) -> None:

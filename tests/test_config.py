@@ -174,3 +174,17 @@ def test_extra_args_may_not_set_what_a_recipe_field_sets():
         for name in {**TRAINER_ARG_FIELDS, **own}.values():
             assert name in cls.__dataclass_fields__ or name in RunConfig.__dataclass_fields__, \
                 (cls.__name__, name)
+
+
+def test_trainable_is_checked():
+    cfg = load_config(None, {"grpo_stage2": {"trainable": "refinement_tokens"}})
+    assert cfg.grpo_stage2.trainable == "refinement_tokens" and cfg.grpo_stage1.trainable == "all"
+    with pytest.raises(ConfigError, match=r"grpo_stage2.trainable: expected one of all, "
+                                          r"refinement_tokens, got 'rows'"):
+        load_config(None, {"grpo_stage2": {"trainable": "rows"}})
+    with pytest.raises(ConfigError, match=r"grpo_stage1.trainable: refinement_tokens .* only "
+                                          r"stage 2 writes"):
+        load_config(None, {"grpo_stage1": {"trainable": "refinement_tokens"}})
+    with pytest.raises(ConfigError, match=r"grpo_stage2: trainable refinement_tokens with lora"):
+        load_config(None, {"grpo_stage2": {"trainable": "refinement_tokens",
+                                           "lora": {"r": 8}}})

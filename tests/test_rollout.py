@@ -207,3 +207,79 @@ def test_anchored_proposals_carry_the_loss_and_the_request_does_not(grid8_model)
     assert PROMPTS["stage2"] in tok.decode(ids[n_own:n_ctx])
     assert tok.decode(ids[n_ctx:]).startswith(out["refinement"][0])
     assert set(mask[n_ctx:]) == {1}
+
+
+class Alternating(Script):
+    """The script's proposals; each sampled refinement keeps (`<off_0_0>`) or deletes the
+    proposal's point by the entry's parity, so a group's refinements score differently."""
+
+    def __call__(self, trainer, encoded, greedy, max_new_tokens):
+        if greedy:
+            return super().__call__(trainer, encoded, greedy, max_new_tokens)
+        eos = trainer.eos_token_ids[0]
+        texts = [f"<answer>\n<offset><box><off_0_1><off_0_0></box><seg>"
+                 f"{'<DELETE>' if k % 2 else '<off_0_0>'}</seg></offset>\n</answer>"
+                 for k in range(len(encoded))]
+        return Generated([self.tok(t, add_special_tokens=False)["input_ids"] + [eos]
+                          for t in texts])
+
+
+def test_stage2_trained_on_refinement_rows_keeps_every_other_weight(grid8_model, tmp_path):
+    """`trainable: refinement_tokens`: after a stage 2 with a real signal the checkpoint
+    differs from its start only in the offset and <DELETE> rows (tied head and embeddings
+    still one matrix), so a proposal is scored as before; the model trains everything again
+    afterwards."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rl.config import GRPOStageConfig
+    from rl.context import RunContext
+    from rl.grpo import run_grpo
+    from rl.training import refinement_token_ids
+    from tokens import GridCodec
+    from tokens.decoders import RegionDecoder
+
+    rows = rows_with_boxes()
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    model = AutoModelForImageTextToText.from_pretrained(grid8_model)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = refinement_token_ids(proc.tokenizer, V8)
+    assert len(ids) == 10  # 9 offsets (radius 1) and <DELETE>
+    stage = GRPOStageConfig(max_steps=2, batch_size=8, num_generations=4, learning_rate=1e-2,
+                            max_completion_length=24, beta=0.0, trainable="refinement_tokens",
+                            rewards={"refine_format": 1.0, "point_refine": 1.0})
+    ctx = RunContext(vocab=V8, codec=GridCodec(V8), decoder_spec=RegionDecoder(),
+                     processor=proc, prompts=PROMPTS, output_dir=tmp_path / "s2",
+                     logging_steps=1)
+    rollout = RefinementRollout(PROMPTS["stage2"], proposal_tokens=24,
+                                generate=Alternating(proc.tokenizer, rows))
+    ds = Dataset.from_list(rows).select_columns(["image", "prompt", "solution"])
+    model, hist = run_grpo(stage, "grpo_stage2", ctx, model, ds, rollout_func=rollout)
+
+    assert any(e.get("rewards/point_refine/std", 0) > 0 for e in hist)  # a signal to learn
+    assert all(q.requires_grad for q in model.parameters())
+    emb = model.get_input_embeddings().weight
+    assert emb is model.get_output_embeddings().weight  # still tied
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "s2")
+    saved = trained.state_dict()
+    assert set(saved) == set(start)
+    other = torch.ones(emb.shape[0], dtype=torch.bool)
+    other[ids] = False
+    changed = []
+    for name, before in start.items():
+        after = saved[name]
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            assert torch.equal(after[other], before[other]), name
+            changed.append(not torch.equal(after[ids], before[ids]))
+        else:
+            assert torch.equal(after, before), name
+    assert changed == [True, True]  # the embeddings and the (tied) head, the same rows
+
+    # A proposal prompt is scored as before wherever the refinement tokens are not the answer.
+    fresh = AutoModelForImageTextToText.from_pretrained(grid8_model)
+    text = proc.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True)
+    batch = proc(text=[text], images=[rows[0]["image"]], return_tensors="pt")
+    with torch.no_grad():
+        a, b = fresh(**batch).logits, trained(**batch).logits
+    assert torch.equal(a[..., other], b[..., other]) and not torch.equal(a, b)
