@@ -190,7 +190,7 @@ class Pipeline:
         # shuffled control's paired difference).
         self.last_predictions: list | None = None
         self.last_evaluated: str | None = None
-        self._evaluated: list = []  # (stage, per-sample IoUs, rounds) evaluated in this process
+        self._evaluated: list = []  # (stage, per-sample IoUs, rounds), evaluated or taken back
         # SFT rows built in `run` while the model was made in a second process.
         self._prebuilt_sft: list | None = None
         self._prebuilt_curriculum: list | None = None
@@ -230,7 +230,8 @@ class Pipeline:
 
     def _compare(self, name: str, ious: list[float], rounds: int) -> None:
         """Paired bootstrap of this stage's held-out IoUs against the stage evaluated before
-        it in this process (metrics.json `comparisons`)."""
+        it, in this process or taken back from an earlier one (its `stage.json` keeps the
+        IoU of each held-out sample; metrics.json `comparisons`)."""
         from rl.metrics import paired_difference
 
         prev = self._evaluated[-1] if self._evaluated else None
@@ -249,6 +250,9 @@ class Pipeline:
         done = json.loads(path.read_text())
         log(f"{name}: done already, resuming after it")
         self.metrics["evaluation"][name] = done["evaluation"]
+        if done.get("sample_iou") is not None:  # the next stage is compared with it
+            rounds = (done["evaluation"] or {}).get("refinement_rounds", 0)
+            self._evaluated.append((name, done["sample_iou"], rounds))
         if name.startswith("grpo"):
             self.reward_summary(name, done["log_history"])
         return True

@@ -83,6 +83,8 @@ def test_killed_during_stage1_resumes_and_keeps_earlier_outputs(tmp_path):
     for name in ("untrained", "sft"):
         assert metrics["evaluation"][name] == metrics_before["evaluation"][name]
     assert set(metrics["evaluation"]) == {"untrained", "sft", "grpo_stage1", "grpo_stage2"}
+    # The taken-back cold start is compared with the stage after it, as in a run not killed.
+    assert set(metrics["comparisons"]) == {"grpo_stage1 - sft", "grpo_stage2 - grpo_stage1"}
     assert not list(out.rglob("*.tmp"))
 
     # Another recipe over the same folder is refused, naming what differs.
