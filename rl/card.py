@@ -88,6 +88,8 @@ def _recipe_lines(run: dict, stage: str) -> list[str]:
                     "on_policy", True) else " (refines regenerated stage-1 answers)"
         if s.get("lora"):
             what += f"; LoRA r = {s['lora'].get('r')}"
+        if s.get("trainable") == "refinement_tokens":
+            what += "; trains only the embedding rows of the offset tokens and <DELETE>"
         lines.append(f"- {STAGE_TITLES[name]}: {what}.")
     return lines
 

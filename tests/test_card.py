@@ -84,3 +84,11 @@ def test_push_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
     card.push_to_hub(tmp_path, "you/model")
     assert calls[0] == ("create_repo", "you/model", {"private": True, "exist_ok": True})
     assert calls[1][1]["folder_path"] == str(tmp_path) and calls[1][1]["repo_id"] == "you/model"
+
+
+def test_card_says_when_stage2_trained_only_the_refinement_rows():
+    rows = "trains only the embedding rows of the offset tokens and <DELETE>"
+    assert rows not in card.card_text(run_config(), "grpo_stage2", EVALUATION)
+    cfg = to_dict(load_config(None, {"grpo_stage2": {"trainable": "refinement_tokens"}}))
+    text = card.card_text(cfg, "grpo_stage2", EVALUATION)
+    assert text.count(rows) == 1 and rows not in card.card_text(cfg, "grpo_stage1", EVALUATION)
