@@ -199,7 +199,8 @@ class GRPOStageConfig:
     # What the stage trains: "all" (every parameter the model trains), or "refinement_tokens"
     # (stage 2 only: the embedding and LM-head rows of the offset tokens and `<DELETE>`, the
     # tokens only a refinement writes; rl.training.refinement_rows_only). With the rest frozen
-    # the proposal turn is the starting policy's, so stage 2 cannot cost the proposals.
+    # every other token is scored as before: a proposal changes only where one of those tokens
+    # comes to outscore what the starting policy wrote.
     trainable: str = "all"
     regenerate_every: int | None = None  # stage 2 rounds: steps between re-generating answers
     lora: dict | None = None

@@ -4,6 +4,7 @@ adapter, save model + processor + vocabulary, log history, how the trainer ran).
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -235,14 +236,16 @@ def refinement_rows_only(model, ids):
     (`GRPOStageConfig.trainable: refinement_tokens`): every parameter is frozen and each of
     the two weights is parametrized (`RowsReplaced`) so that rows `ids` come from one trainable
     tensor, shared by both when the head is tied to the embeddings. A token that is not among
-    `ids` is embedded and scored as before, so what the model writes before the first of them
-    (the proposal turn) is the starting policy's. `fold_head_rows` writes the rows into the
-    weights (`train_and_save` calls it before saving; done again here on leaving, where the
-    training failed); afterwards every parameter's `requires_grad` is as it was."""
+    `ids` is embedded and scored as before, so the proposal turn changes only where one of
+    `ids` comes to outscore the token the starting policy wrote. `fold_head_rows` writes the
+    rows into the weights (`train_and_save` calls it before saving; done again here on
+    leaving, where the training failed); afterwards every parameter's `requires_grad` is as it
+    was. Refused under DeepSpeed ZeRO-3, which partitions the embedding weight."""
     from torch.nn.utils import parametrize
 
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    if hasattr(embed.weight, "ds_id"):
+    if (hasattr(embed.weight, "ds_id")
+            or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
         raise ValueError("trainable: refinement_tokens replaces rows of the embedding weight, "
                          "which DeepSpeed ZeRO-3 partitions across processes; use ZeRO-2 or "
                          "no DeepSpeed for this stage")

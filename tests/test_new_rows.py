@@ -99,3 +99,43 @@ def test_tied_model_keeps_modules_to_save(grid8_model, tmp_path):
     names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert any("modules_to_save" in n for n in names)
     assert not any("trainable_tokens" in n or "parametrizations" in n for n in names)
+
+
+def test_refinement_rows_only_on_an_untied_head(untied_grid8, monkeypatch):
+    """`trainable: refinement_tokens` on an untied model: the input embeddings and the head
+    each train their own rows of the offset tokens and <DELETE>, nothing else moves; ZeRO-3 is
+    refused."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from rl.training import refinement_rows_only, refinement_token_ids
+
+    model = AutoModelForImageTextToText.from_pretrained(untied_grid8)
+    tok = AutoProcessor.from_pretrained(untied_grid8).tokenizer
+    ids = refinement_token_ids(tok, SpatialVocab(8))
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert embed.weight is not head.weight
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with refinement_rows_only(model, ids):
+        trainable = [q for q in model.parameters() if q.requires_grad]
+        assert len(trainable) == 2 and all(q.shape == (len(ids), embed.weight.shape[1])
+                                           for q in trainable)
+        opt = torch.optim.SGD(trainable, lr=1.0)
+        x = torch.tensor([[ids[0], 5, ids[-1], 7]])  # two refinement tokens among others
+        hidden = model.model.language_model(input_ids=x).last_hidden_state
+        (hidden.sum() + head(hidden)[..., ids].sum()).backward()
+        opt.step()
+    assert all(q.requires_grad for q in model.parameters())
+    other = torch.ones(embed.weight.shape[0], dtype=torch.bool)
+    other[ids] = False
+    for name, after in model.state_dict().items():
+        before = start[name]
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            assert torch.equal(after[other], before[other]), name
+            assert not torch.equal(after[ids], before[ids]), name
+        else:
+            assert torch.equal(after, before), name
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        with refinement_rows_only(model, ids):
+            pass
