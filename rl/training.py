@@ -217,17 +217,12 @@ def fold_head_rows(model) -> None:
 
 
 def refinement_token_ids(tokenizer, vocab) -> list[int]:
-    """The ids of the tokens only a refinement writes: the offset tokens and `<DELETE>`."""
+    """The ids of the tokens only a refinement writes: the offset tokens and `<DELETE>`
+    (`SpatialVocab.token_ids`, which raises when the tokenizer lacks a spatial token)."""
     from tokens.vocab import DELETE_TOKEN
 
-    names = vocab.offset_tokens() + [DELETE_TOKEN]
-    ids = tokenizer.convert_tokens_to_ids(names)
-    unknown = [n for n, i in zip(names, ids, strict=True)
-               if i is None or i == tokenizer.unk_token_id]
-    if unknown:
-        raise ValueError(f"the tokenizer lacks the refinement tokens {unknown[:3]}: extend it "
-                         f"with the spatial vocabulary first (tokens.extend)")
-    return [int(i) for i in ids]
+    ids = vocab.token_ids(tokenizer)
+    return [int(ids[t]) for t in vocab.offset_tokens() + [DELETE_TOKEN]]
 
 
 @contextmanager
