@@ -44,10 +44,14 @@ class _Stage2Reward(Reward):
     def rows(self, completions, kwargs) -> list[RefinementRow]:
         return self.batch(completions, kwargs).rows
 
-    def log_signal(self, kwargs, values) -> None:
-        """Log `<name>/nonzero`: the share of samples whose value is neither None nor 0, the
-        samples that give this term a learning signal."""
-        log(kwargs, f"{self.name}/nonzero", [float(v is not None and v != 0) for v in values])
+    def log_signal(self, kwargs, values, rows: list[RefinementRow]) -> None:
+        """Log `<name>/nonzero`: among the samples with a stage-1 instance (something to
+        refine), the share whose value is neither None nor 0, the samples that give this term a
+        learning signal. A sample whose proposal is empty is left out: its group has nothing to
+        refine (every term None, `refine_format` 0 for every answer)."""
+        log(kwargs, f"{self.name}/nonzero",
+            [float(v is not None and v != 0) if row.stage1 else None
+             for v, row in zip(values, rows, strict=True)])
 
 
 class RefineFormatReward(_Stage2Reward):
@@ -61,7 +65,9 @@ class RefineFormatReward(_Stage2Reward):
     early, and on-policy stage 2 drifted into empty proposals; method spec §11). No `<answer>`
     at all scores 0, and anything outside `[<think>…</think>]<answer>…</answer>` halves the
     score. Range [0, 1].
-    Logs `refine_format/complete` (share of completions with every line right).
+    Logs `refine_format/complete` (among the samples with a stage-1 instance, the share with
+    every line right) and `refine_format/no_proposal` (the share of samples whose stage-1 answer
+    has no instance: nothing to refine, left out of every other share).
     """
 
     name = "refine_format"
@@ -82,11 +88,14 @@ class RefineFormatReward(_Stage2Reward):
         return frac if ref.structure_ok else 0.5 * frac
 
     def __call__(self, completions, **kwargs) -> list[float]:
-        out, complete = [], []
+        out, complete, empty = [], [], []
         for row in self.rows(completions, kwargs):
             out.append(self.score(row.refinement))
-            complete.append(float(row.refinement.complete and row.refinement.structure_ok))
+            empty.append(float(not row.stage1))
+            complete.append(float(row.refinement.complete and row.refinement.structure_ok)
+                            if row.stage1 else None)
         log(kwargs, "refine_format/complete", complete)
+        log(kwargs, "refine_format/no_proposal", empty)
         return out
 
 
@@ -97,7 +106,8 @@ class PointRefineReward(_Stage2Reward):
     missing or malformed line. Mean over an instance's points, then over instances with
     points; None when no stage-1 instance has points. Range [−1, 1].
     Logs `point_refine/deleted` (share of points deleted) and `point_refine/valid_deletions`;
-    every geometric term logs `<name>/nonzero` (share of samples with a non-zero value).
+    every geometric term logs `<name>/nonzero` (share of the samples with a stage-1
+    instance whose value is non-zero).
     """
 
     name = "point_refine"
@@ -109,7 +119,8 @@ class PointRefineReward(_Stage2Reward):
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
         out, deleted, valid = [], [], []
-        for row in self.rows(completions, kwargs):
+        rows = self.rows(completions, kwargs)
+        for row in rows:
             per_instance = []
             lines = row.refinement.lines
             for k, inst in enumerate(row.stage1):
@@ -136,7 +147,7 @@ class PointRefineReward(_Stage2Reward):
                     scores.append(1.0 if ends_in else -1.0 if was_in else 0.0)
                 per_instance.append(float(np.mean(scores)))
             out.append(float(np.mean(per_instance)) if per_instance else None)
-        self.log_signal(kwargs, out)
+        self.log_signal(kwargs, out, rows)
         log(kwargs, "point_refine/deleted", deleted)
         log(kwargs, "point_refine/valid_deletions", valid)
         return out
@@ -161,7 +172,8 @@ class BoxRefineReward(_Stage2Reward):
 
     def __call__(self, completions, **kwargs) -> list[float | None]:
         out, improved = [], []
-        for row in self.rows(completions, kwargs):
+        rows = self.rows(completions, kwargs)
+        for row in rows:
             refined, lines = row.refined, row.refinement.lines
             scores = []
             for k, inst in enumerate(row.stage1):
@@ -185,7 +197,7 @@ class BoxRefineReward(_Stage2Reward):
                     scores.append(0.0)
                 improved.append(float(after > before))
             out.append(float(np.mean(scores)) if scores else None)
-        self.log_signal(kwargs, out)
+        self.log_signal(kwargs, out, rows)
         log(kwargs, "box_refine/improved", improved)
         return out
 
@@ -245,7 +257,7 @@ class MaskGainReward(_Stage2Reward):
                 u0s.append(u0)
                 u1s.append(u1)
             out.append(float(np.mean(gains)))
-        self.log_signal(kwargs, out)
+        self.log_signal(kwargs, out, batch.rows)
         log(kwargs, "mask_gain/u0", u0s)
         log(kwargs, "mask_gain/u1", u1s)
         return out

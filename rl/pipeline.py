@@ -272,7 +272,8 @@ class Pipeline:
 
     def reward_summary(self, name: str, log_history: list) -> dict:
         """Mean reward (weighted total and each term) over the first and last fifth of steps;
-        also the stage-2 signal shares (`<term>/nonzero`, `refine_format/complete`)."""
+        also the stage-2 signal shares (`<term>/nonzero`, `refine_format/complete`, over the
+        samples with a proposal to refine) and `refine_format/no_proposal`."""
         entries = [e for e in log_history if "reward" in e]
         if not entries:
             return {}
@@ -280,7 +281,8 @@ class Pipeline:
         keys = ["reward"] + sorted({key for e in entries for key in e
                                     if (key.startswith("rewards/") and key.endswith("/mean"))
                                     or key.endswith("/nonzero")
-                                    or key == "refine_format/complete"})
+                                    or key in ("refine_format/complete",
+                                               "refine_format/no_proposal")})
         out = {}
         for key in keys:
             vals = [e[key] for e in entries if key in e and e[key] is not None

@@ -209,3 +209,23 @@ def test_stage1_column_is_required_and_typed():
         build_reward("point_refine")(["x"], solution=[SOL_PR])
     with pytest.raises(ValueError, match="row 0: column 'stage1' must hold"):
         build_reward("point_refine")(["x"], solution=[SOL_PR], stage1=[None])
+
+
+def test_signal_shares_leave_out_samples_with_nothing_to_refine():
+    # Two samples refine a one-point proposal (one well-formed line, one malformed), two refine
+    # an empty proposal (a declined row): the shares count the first two only, and the empty
+    # ones are logged as `refine_format/no_proposal`.
+    sol = make_solution(8, 8, [rect(0, 4, 0, 4)])
+    s1 = ans("<seg><grid_0_0></seg>")
+    completions = [ans(off("<off_0_0>")), "nothing useful", ans(), ans(off("<off_0_0>"))]
+    kw = {"solution": [sol] * 4, "stage1": [s1, s1, ans(), ans()]}
+    logged = {}
+    fmt = build_reward("refine_format", vocab=V4)(completions, **kw,
+                                                 log_metric=logged.__setitem__)
+    assert fmt == [1.0, 0.0, 0.0, 0.0]
+    assert logged["refine_format/complete"] == 0.5
+    assert logged["refine_format/no_proposal"] == 0.5
+    points = build_reward("point_refine", vocab=V4)(completions, **kw,
+                                                   log_metric=logged.__setitem__)
+    assert points == [1.0, 0.0, None, None]
+    assert logged["point_refine/nonzero"] == 0.5  # over two samples, not four
