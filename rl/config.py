@@ -74,6 +74,10 @@ class DataConfig:
     # Expression kinds of the training scenes when they differ from the held-out mix (null:
     # `kinds`); the held-out and validation scenes always keep `kinds`, the stated mix.
     train_kinds: dict | None = None
+    # Weights of the superlative words ("largest", "smallest", "leftmost", ...) in the
+    # training and curriculum scenes (null: all alike); the held-out and validation scenes
+    # keep them alike (rl.data.referring.superlative_order).
+    train_superlatives: dict | None = None
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
     # "share": every distractor shares the named object's colour or shape (reading needed);
     # "colour": one shape in distinct colours; "shape": one colour in distinct shapes; "any":
@@ -391,6 +395,13 @@ def check(cfg: RunConfig, where: str) -> None:
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{where}.sft.{key}: expected a share in [0, 1], got {share!r}")
     _check_extra_args(cfg, where)
+    if cfg.data.train_superlatives is not None:
+        from rl.data.referring import check_superlatives
+
+        try:
+            check_superlatives(cfg.data.train_superlatives)
+        except ValueError as e:
+            raise ConfigError(f"{where}.data.train_superlatives: {e}") from None
     if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")

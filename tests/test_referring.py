@@ -199,3 +199,47 @@ def test_random_scenes_are_unchanged_by_the_distractor_option():
     b = list(synthetic_records(10, seed=5, distractors="any"))
     assert [r.expression for r in a] == [r.expression for r in b]
     assert all((x.image == y.image).all() for x, y in zip(a, b, strict=True))
+
+
+def test_superlative_order_follows_the_word_weights():
+    from rl.data.referring import superlative_order
+
+    texts = ["the largest shape", "the smallest shape", "the leftmost shape", "the largest star"]
+    rng = np.random.default_rng(0)
+    firsts = [texts[superlative_order(texts, {"smallest": 8.0, "largest": 1.0}, rng)[0]]
+              for _ in range(2000)]
+    # "leftmost" weighs 0 (left out): never tried; "smallest" first 8 times in 10 (one
+    # expression of weight 8 against two of weight 1).
+    assert "the leftmost shape" not in firsts
+    assert abs(firsts.count("the smallest shape") / 2000 - 0.8) < 0.03
+    order = superlative_order(texts, {"smallest": 8.0, "largest": 1.0}, rng)
+    assert sorted(order) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("weights, match", [
+    ({"tiniest": 1.0}, "unknown superlative words"), ({"largest": -1.0}, "non-negative"),
+    ({"largest": 0.0}, "at least one positive"), ({"largest": "many"}, "non-negative")])
+def test_bad_superlative_weights_are_refused(weights, match):
+    with pytest.raises(ValueError, match=match):
+        list(synthetic_records(1, superlatives=weights))
+
+
+def test_superlative_weights_shift_the_words_and_nothing_else():
+    kw = dict(objects=(2, 4), distractors="share", kinds={"superlative": 0.5, "attribute": 0.5})
+    plain = list(synthetic_records(300, seed=4, **kw))
+    sized = list(synthetic_records(300, seed=4, superlatives={"smallest": 1.0}, **kw))
+
+    def words(recs):
+        return [r.expression.split(" ")[1] for r in recs if r.kind == "superlative"]
+
+    # Where the scene allows "smallest" it is asked; where it does not, the row falls back to
+    # the next kind-preserving draw (another scene), so every row stays a superlative.
+    assert set(words(sized)) == {"smallest"}
+    assert len(set(words(plain))) == 6
+    assert [r.kind for r in sized] == [r.kind for r in plain]
+    for r in sized:  # every expression still resolves to its targets in its scene
+        scene = [SceneView(**v) for v in json.loads(r.extra["scene"])]
+        assert resolve(r.expression, scene) == r.extra["targets"]
+    # The weights only touch superlatives: attribute rows are the same rows.
+    assert ([r.expression for r in plain if r.kind == "attribute"]
+            == [r.expression for r in sized if r.kind == "attribute"])

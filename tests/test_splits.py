@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import load_config
+from rl.config import ConfigError, load_config
 from rl.data.splits import SPLIT_SEEDS, recipe_rows, records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +65,24 @@ def test_targets_are_the_cold_starts_answers_for_the_evaluation_rows(tmp_path):
         assert ans.well_formed, text
         assert len(ans.instances) == len(targets)  # one instance a named object, none if none
     assert any(not json.loads(r["targets"]) for r in rows)  # the none kind is among them
+
+
+def test_train_superlatives_change_the_training_and_curriculum_scenes_only(tmp_path):
+    base = small_recipe(tmp_path)
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
+            "n_train": 40, "n_eval": 40, "train_superlatives": {"smallest": 1.0},
+            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "sft": {"curriculum_scenes": 60}, "eval": {"curve_samples": 200}})
+
+    def words(split):
+        return {r.expression.split(" ")[1] for r in records(cfg, split)
+                if r.kind == "superlative"}
+
+    assert words("train") == words("curriculum") == {"smallest"}
+    for split in ("eval", "validation"):  # the held-out words stay alike
+        assert len(words(split)) > 2
+    with pytest.raises(ConfigError, match="data.train_superlatives: unknown superlative"):
+        load_config(ROOT / "configs" / "default.yaml",
+                    {"data": {"train_superlatives": {"tiniest": 1.0}}})
+    assert base.data.train_superlatives is None

@@ -204,17 +204,26 @@ def _shares(views, name: tuple[str, str]) -> int:
 
 
 def make_expression(objects: Sequence[SceneObject], kind: str, rng: np.random.Generator,
-                    focus: int | None = None) -> tuple[str, list[int]] | None:
+                    focus: int | None = None,
+                    superlatives: Mapping[str, float] | None = None
+                    ) -> tuple[str, list[int]] | None:
     """One unambiguous expression of `kind` for the scene, with its targets; None if the scene
     admits none (e.g. "multi" with every shape and colour unique).
 
     With `focus` (the anchor of a `confusable_pairs` scene), a single-target expression must
     name that object, and a no-target expression names an absent object whose shape and colour
     both occur in the scene where one exists, else one that shares one of them: the text has
-    to be read to tell the answer from its distractors."""
+    to be read to tell the answer from its distractors.
+
+    With `superlatives` (weights by word, e.g. {"smallest": 3.0}; a word left out weighs 0),
+    a superlative expression is tried in an order drawn with those weights, so the words are
+    asked about in proportion to them wherever the scene allows (see `superlative_order`)."""
     views = [SceneView.of(o) for o in objects]
     cands = _candidates(kind, views, rng)
-    order = [int(k) for k in rng.permutation(len(cands))]
+    if kind == "superlative" and superlatives is not None:
+        order = superlative_order([t for t, _ in cands], superlatives, rng)
+    else:
+        order = [int(k) for k in rng.permutation(len(cands))]
     if focus is not None and kind == "none":
         names = [tuple(t.removeprefix("the ").split(" ")[::-1]) for t, _ in cands]
         best = max((_shares(views, n) for n in names), default=0)
@@ -232,6 +241,37 @@ def make_expression(objects: Sequence[SceneObject], kind: str, rng: np.random.Ge
         if sorted(got) == sorted(intended):
             return text, got
     return None
+
+
+def check_superlatives(weights: Mapping[str, float]) -> None:
+    """Raise ValueError unless `weights` maps superlative words to non-negative numbers, one
+    of them positive."""
+    unknown = set(weights) - set(SUPERLATIVES)
+    if unknown:
+        raise ValueError(f"unknown superlative words {sorted(unknown)}; known: "
+                         f"{list(SUPERLATIVES)}")
+    bad = {k: w for k, w in weights.items()
+           if not isinstance(w, int | float) or isinstance(w, bool) or not w >= 0}
+    if bad:
+        raise ValueError(f"superlative weights must be non-negative numbers, got {bad}")
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError("superlative weights need at least one positive weight")
+
+
+def superlative_order(texts: Sequence[str], weights: Mapping[str, float],
+                      rng: np.random.Generator) -> list[int]:
+    """The indices of the superlative expressions `texts` ("the <word> ..."), in a random order
+    drawn with the weights of their words (sampling without replacement; a word of weight 0,
+    or not in `weights`, is never tried). The first expression that resolves is kept, so each
+    word is the first asked about in proportion to its weight (every word has the same number
+    of expressions in a scene)."""
+    check_superlatives(weights)
+    w = np.array([float(weights.get(t.split(" ")[1], 0.0)) for t in texts])
+    live = np.flatnonzero(w > 0)
+    if live.size == 0:
+        return []
+    drawn = rng.choice(live.size, size=live.size, replace=False, p=w[live] / w[live].sum())
+    return [int(live[k]) for k in drawn]
 
 
 def objects_json(objects: Sequence[SceneObject]) -> str:
@@ -255,7 +295,8 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                       kinds: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
                       textures: tuple[str, ...] = ("flat", "noise", "stripes"),
                       min_radius: float = 0.12, max_radius: float = 0.25,
-                      distractors: str = "any", start: int = 0):
+                      distractors: str = "any", start: int = 0,
+                      superlatives: Mapping[str, float] | None = None):
     """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only):
     records `start` .. `start + n - 1` of the sequence (rl.data.parallel builds ranges apart).
 
@@ -264,13 +305,17 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
     drawing order, and single-target expressions name the anchor (see `make_expression`);
     "colour" likewise with `same_shape_pairs` (one shape, distinct colours: only the colour
     tells the anchor apart); "shape" with `same_colour_pairs` (one colour, distinct shapes).
-    Each record keeps every scene object's mask (`extra["objects"]`, COCO RLEs) and which of
-    them the expression names (`extra["targets"]`), for referent accuracy."""
+    superlatives: weights of the superlative words (`make_expression`; None: all alike, in a
+    uniformly random order). Each record keeps every scene object's mask (`extra["objects"]`,
+    COCO RLEs) and which of them the expression names (`extra["targets"]`), for referent
+    accuracy."""
     from rewards.solution import make_solution
 
     if distractors not in DISTRACTORS:
         raise ValueError(f"unknown distractors {distractors!r}; known: {DISTRACTORS}")
 
+    if superlatives is not None:
+        check_superlatives(superlatives)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown expression kinds {sorted(unknown)}; known: {KINDS}")
@@ -298,7 +343,7 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                                          max_radius, textures=textures, pairs=pairs)
             except RuntimeError:  # an unlucky layout; draw another
                 continue
-            made = make_expression(objs, kind, rng, focus)
+            made = make_expression(objs, kind, rng, focus, superlatives)
             if made is not None:
                 break
         else:

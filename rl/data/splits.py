@@ -59,6 +59,7 @@ def records(cfg: RunConfig, split: str):
         objects = d.train_objects if split == "train" and d.train_objects else d.objects
         kinds = d.train_kinds if split == "train" and d.train_kinds else d.kinds
         distractors = d.distractors
+        superlatives = d.train_superlatives if split in ("train", "curriculum") else None
         if split == "curriculum":
             objects = d.curriculum_objects
             kinds = d.curriculum_kinds or kinds
@@ -70,7 +71,8 @@ def records(cfg: RunConfig, split: str):
         return in_processes(
             lambda lo, hi: list(synthetic_records(hi - lo, seed, d.image_size, tuple(objects),
                                                   kinds, tuple(d.textures),
-                                                  distractors=distractors, start=lo)),
+                                                  distractors=distractors, start=lo,
+                                                  superlatives=superlatives)),
             n, data_workers(cfg))
     from datasets import load_from_disk
 
