@@ -78,6 +78,10 @@ class DataConfig:
     # training and curriculum scenes (null: all alike); the held-out and validation scenes
     # keep them alike (rl.data.referring.superlative_order).
     train_superlatives: dict | None = None
+    # Superlative words whose training and curriculum rows are each followed by a twin: the
+    # same scene asked with the opposite word, where it names another object (e.g. [largest,
+    # smallest]; rl.data.referring.synthetic_records `twins`). Empty: none.
+    train_superlative_twins: list = field(default_factory=list)
     textures: list = field(default_factory=lambda: ["flat", "noise", "stripes"])
     # "share": every distractor shares the named object's colour or shape (reading needed);
     # "colour": one shape in distinct colours; "shape": one colour in distinct shapes; "any":
@@ -395,13 +399,17 @@ def check(cfg: RunConfig, where: str) -> None:
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{where}.sft.{key}: expected a share in [0, 1], got {share!r}")
     _check_extra_args(cfg, where)
-    if cfg.data.train_superlatives is not None:
-        from rl.data.referring import check_superlatives
+    from rl.data.referring import SUPERLATIVES, check_superlatives
 
+    if cfg.data.train_superlatives is not None:
         try:
             check_superlatives(cfg.data.train_superlatives)
         except ValueError as e:
             raise ConfigError(f"{where}.data.train_superlatives: {e}") from None
+    if set(cfg.data.train_superlative_twins) - set(SUPERLATIVES):
+        raise ConfigError(f"{where}.data.train_superlative_twins: expected superlative words "
+                          f"({', '.join(SUPERLATIVES)}), got "
+                          f"{cfg.data.train_superlative_twins!r}")
     if cfg.sft.new_rows not in ("auto", "trainable_tokens", "modules_to_save"):
         raise ConfigError(f"{where}.sft.new_rows: expected auto, trainable_tokens or "
                           f"modules_to_save, got {cfg.sft.new_rows!r}")

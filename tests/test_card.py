@@ -47,6 +47,9 @@ def test_body_says_vocabulary_recipe_data_results_and_use():
     cfg["data"]["train_superlatives"] = {"largest": 4, "smallest": 4, "leftmost": 1}
     text = card.card_text(cfg, "grpo_stage1", EVALUATION)
     assert "superlative words in training: largest 4, smallest 4, leftmost 1." in text
+    cfg["data"]["train_superlative_twins"] = ["largest", "smallest"]
+    text = card.card_text(cfg, "grpo_stage1", EVALUATION)
+    assert "training rows of largest, smallest twinned with the opposite word." in text
 
 
 def test_card_before_evaluation_and_for_a_hub_base(tmp_path):

@@ -243,3 +243,31 @@ def test_superlative_weights_shift_the_words_and_nothing_else():
     # The weights only touch superlatives: attribute rows are the same rows.
     assert ([r.expression for r in plain if r.kind == "attribute"]
             == [r.expression for r in sized if r.kind == "attribute"])
+
+
+def test_superlative_twins_ask_the_same_scene_with_the_opposite_word():
+    kw = dict(objects=(2, 4), distractors="share", kinds={"superlative": 0.5, "attribute": 0.5})
+    plain = list(synthetic_records(200, seed=1, **kw))
+    paired = list(synthetic_records(200, seed=1, twins=("largest", "smallest"), **kw))
+    twins = [k for k, r in enumerate(paired) if r.id.endswith("-twin")]
+    assert twins  # some size rows have a twin ...
+    # ... and without the twins the records are the plain ones, in order
+    assert ([r.expression for r in paired if not r.id.endswith("-twin")]
+            == [r.expression for r in plain])
+    opposite = {"largest": "smallest", "smallest": "largest"}
+    for k in twins:
+        first, twin = paired[k - 1], paired[k]
+        assert twin.id == first.id + "-twin" and np.array_equal(twin.image, first.image)
+        w0, w1 = first.expression.split(" "), twin.expression.split(" ")
+        assert w1[1] == opposite[w0[1]] and w1[2:] == w0[2:]
+        scene = [SceneView(**v) for v in json.loads(twin.extra["scene"])]
+        assert resolve(twin.expression, scene) == twin.extra["targets"]
+        assert twin.extra["targets"] != first.extra["targets"]  # only the word tells them apart
+    # every two-candidate "the largest/smallest shape" row gets its twin (two objects, clear
+    # ratio: the other one is the opposite extreme)
+    pairs = [k for k, r in enumerate(paired) if not r.id.endswith("-twin")
+             and r.expression.split(" ")[1] in opposite
+             and r.expression.split(" ")[2] == "shape" and r.extra["num_objects"] == 2]
+    assert pairs and all(paired[k + 1].id == paired[k].id + "-twin" for k in pairs)
+    with pytest.raises(ValueError, match="unknown superlative words"):
+        list(synthetic_records(1, twins=("biggest",)))

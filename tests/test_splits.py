@@ -85,4 +85,21 @@ def test_train_superlatives_change_the_training_and_curriculum_scenes_only(tmp_p
     with pytest.raises(ConfigError, match="data.train_superlatives: unknown superlative"):
         load_config(ROOT / "configs" / "default.yaml",
                     {"data": {"train_superlatives": {"tiniest": 1.0}}})
+    with pytest.raises(ConfigError, match="data.train_superlative_twins: expected superlative"):
+        load_config(ROOT / "configs" / "default.yaml",
+                    {"data": {"train_superlative_twins": ["tiniest"]}})
     assert base.data.train_superlatives is None
+
+
+def test_superlative_twins_come_in_the_training_and_curriculum_scenes_only(tmp_path):
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
+            "n_train": 60, "n_eval": 60, "train_superlative_twins": ["largest", "smallest"],
+            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
+        "sft": {"curriculum_scenes": 60}, "eval": {"curve_samples": 60}})
+    for split in ("train", "curriculum"):
+        recs = records(cfg, split)
+        assert any(r.id.endswith("-twin") for r in recs) and len(recs) > 60
+    for split in ("eval", "validation"):
+        recs = records(cfg, split)
+        assert not any(r.id.endswith("-twin") for r in recs) and len(recs) == 60

@@ -43,6 +43,8 @@ DISTRACTORS = ("any", "share", "colour", "shape")
 MARGIN = 0.05
 AREA_RATIO = 1.25
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+OPPOSITE = {"largest": "smallest", "smallest": "largest", "leftmost": "rightmost",
+            "rightmost": "leftmost", "topmost": "bottommost", "bottommost": "topmost"}
 SUPERLATIVES = {"largest": None, "smallest": None, "leftmost": (0, -1), "rightmost": (0, 1),
                 "topmost": (1, -1), "bottommost": (1, 1)}
 
@@ -296,7 +298,8 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                       textures: tuple[str, ...] = ("flat", "noise", "stripes"),
                       min_radius: float = 0.12, max_radius: float = 0.25,
                       distractors: str = "any", start: int = 0,
-                      superlatives: Mapping[str, float] | None = None):
+                      superlatives: Mapping[str, float] | None = None,
+                      twins: Sequence[str] = ()):
     """`n` synthetic records, deterministic by `seed` (record i depends on seed and i only):
     records `start` .. `start + n - 1` of the sequence (rl.data.parallel builds ranges apart).
 
@@ -306,9 +309,12 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
     "colour" likewise with `same_shape_pairs` (one shape, distinct colours: only the colour
     tells the anchor apart); "shape" with `same_colour_pairs` (one colour, distinct shapes).
     superlatives: weights of the superlative words (`make_expression`; None: all alike, in a
-    uniformly random order). Each record keeps every scene object's mask (`extra["objects"]`,
-    COCO RLEs) and which of them the expression names (`extra["targets"]`), for referent
-    accuracy."""
+    uniformly random order). twins: superlative words whose records are each followed by a
+    twin, the same scene asked with the opposite word ("the smallest star" after "the largest
+    star"), where that names another object unambiguously (id suffix "-twin"): one image, two
+    answers that only the word tells apart. Each record keeps every scene object's mask
+    (`extra["objects"]`, COCO RLEs) and which of them the expression names
+    (`extra["targets"]`), for referent accuracy."""
     from rewards.solution import make_solution
 
     if distractors not in DISTRACTORS:
@@ -316,6 +322,9 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
 
     if superlatives is not None:
         check_superlatives(superlatives)
+    if set(twins) - set(SUPERLATIVES):
+        raise ValueError(f"unknown superlative words {sorted(set(twins) - set(SUPERLATIVES))} "
+                         f"in twins; known: {list(SUPERLATIVES)}")
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown expression kinds {sorted(unknown)}; known: {KINDS}")
@@ -355,3 +364,25 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
                      expression=text, solution=sol, kind=kind,
                      extra={"scene": scene_json(objs), "num_objects": len(objs),
                             "objects": objects_json(objs), "targets": list(targets)})
+        twin = _twin(text, objs) if kind == "superlative" and text.split(" ")[1] in twins else None
+        if twin is not None:
+            text, targets = twin
+            sol = make_solution(image_size, image_size, [objs[k].mask_hw for k in targets],
+                                [objs[k].box_xyxy_px for k in targets])
+            yield Record(id=f"synthetic-{seed}-{i}-twin", source="synthetic", image=image,
+                         expression=text, solution=sol, kind=kind,
+                         extra={"scene": scene_json(objs), "num_objects": len(objs),
+                                "objects": objects_json(objs), "targets": list(targets)})
+
+
+def _twin(text: str, objects: Sequence[SceneObject]) -> tuple[str, list[int]] | None:
+    """The superlative `text` with its word replaced by the opposite one, and its target, when
+    that names another object of the scene unambiguously; else None."""
+    words = text.split(" ")
+    other = " ".join([words[0], OPPOSITE[words[1]], *words[2:]])
+    views = [SceneView.of(o) for o in objects]
+    try:
+        got, was = resolve(other, views), resolve(text, views)
+    except AmbiguousExpression:
+        return None
+    return (other, got) if got != was else None

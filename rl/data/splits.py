@@ -59,7 +59,9 @@ def records(cfg: RunConfig, split: str):
         objects = d.train_objects if split == "train" and d.train_objects else d.objects
         kinds = d.train_kinds if split == "train" and d.train_kinds else d.kinds
         distractors = d.distractors
-        superlatives = d.train_superlatives if split in ("train", "curriculum") else None
+        training = split in ("train", "curriculum")
+        superlatives = d.train_superlatives if training else None
+        twins = tuple(d.train_superlative_twins) if training else ()
         if split == "curriculum":
             objects = d.curriculum_objects
             kinds = d.curriculum_kinds or kinds
@@ -72,7 +74,7 @@ def records(cfg: RunConfig, split: str):
             lambda lo, hi: list(synthetic_records(hi - lo, seed, d.image_size, tuple(objects),
                                                   kinds, tuple(d.textures),
                                                   distractors=distractors, start=lo,
-                                                  superlatives=superlatives)),
+                                                  superlatives=superlatives, twins=twins)),
             n, data_workers(cfg))
     from datasets import load_from_disk
 
