@@ -12,11 +12,17 @@ from rl.data.splits import SPLIT_SEEDS, recipe_rows, records
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_recipe(tmp_path):
-    return load_config(ROOT / "configs" / "default.yaml", {
-        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
-            "n_eval": 4, "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "eval": {"curve_samples": 4}})
+def small_recipe(tmp_path, n: int = 4, data: dict | None = None, scenes: int | None = None):
+    """The default recipe on `n` held-out and validation scenes (and `n` training and
+    `scenes` curriculum scenes where given), with `data` values over the default's."""
+    over = {"output_dir": str(tmp_path), "cpu_threads": 1, "data": {
+        "n_eval": n, "prompts": str(ROOT / "configs" / "default_prompts.yaml"), **(data or {})},
+        "eval": {"curve_samples": n}}
+    if data:
+        over["data"]["n_train"] = n
+    if scenes:
+        over["sft"] = {"curriculum_scenes": scenes}
+    return load_config(ROOT / "configs" / "default.yaml", over)
 
 
 def test_splits_have_their_own_seeds_and_rows_follow_the_records(tmp_path):
@@ -38,11 +44,7 @@ def test_evaluation_rows_come_from_eval_or_validation_only(tmp_path):
 
 def test_train_kinds_change_the_training_scenes_only(tmp_path):
     base = small_recipe(tmp_path)
-    cfg = load_config(ROOT / "configs" / "default.yaml", {
-        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
-            "n_train": 12, "n_eval": 12, "train_kinds": {"superlative": 1.0},
-            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "eval": {"curve_samples": 12}})
+    cfg = small_recipe(tmp_path, 12, {"train_kinds": {"superlative": 1.0}})
     assert {r.kind for r in records(cfg, "train")} == {"superlative"}
     for split in ("eval", "validation"):  # the stated held-out mix is kept
         assert len({r.kind for r in records(cfg, split)}) > 1
@@ -69,11 +71,7 @@ def test_targets_are_the_cold_starts_answers_for_the_evaluation_rows(tmp_path):
 
 def test_train_superlatives_change_the_training_and_curriculum_scenes_only(tmp_path):
     base = small_recipe(tmp_path)
-    cfg = load_config(ROOT / "configs" / "default.yaml", {
-        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
-            "n_train": 40, "n_eval": 40, "train_superlatives": {"smallest": 1.0},
-            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "sft": {"curriculum_scenes": 60}, "eval": {"curve_samples": 200}})
+    cfg = small_recipe(tmp_path, 200, {"train_superlatives": {"smallest": 1.0}}, scenes=60)
 
     def words(split):
         return {r.expression.split(" ")[1] for r in records(cfg, split)
@@ -92,11 +90,8 @@ def test_train_superlatives_change_the_training_and_curriculum_scenes_only(tmp_p
 
 
 def test_superlative_twins_come_in_the_training_and_curriculum_scenes_only(tmp_path):
-    cfg = load_config(ROOT / "configs" / "default.yaml", {
-        "output_dir": str(tmp_path), "cpu_threads": 1, "data": {
-            "n_train": 60, "n_eval": 60, "train_superlative_twins": ["largest", "smallest"],
-            "prompts": str(ROOT / "configs" / "default_prompts.yaml")},
-        "sft": {"curriculum_scenes": 60}, "eval": {"curve_samples": 60}})
+    cfg = small_recipe(tmp_path, 60, {"train_superlative_twins": ["largest", "smallest"]},
+                       scenes=60)
     for split in ("train", "curriculum"):
         recs = records(cfg, split)
         assert any(r.id.endswith("-twin") for r in recs) and len(recs) > 60

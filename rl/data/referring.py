@@ -315,8 +315,6 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
     answers that only the word tells apart. Each record keeps every scene object's mask
     (`extra["objects"]`, COCO RLEs) and which of them the expression names
     (`extra["targets"]`), for referent accuracy."""
-    from rewards.solution import make_solution
-
     if distractors not in DISTRACTORS:
         raise ValueError(f"unknown distractors {distractors!r}; known: {DISTRACTORS}")
 
@@ -358,21 +356,24 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
         else:
             raise ValueError(f"no scene with {objects} objects admits a {kind!r} expression")
         text, targets = made
-        sol = make_solution(image_size, image_size, [objs[k].mask_hw for k in targets],
-                            [objs[k].box_xyxy_px for k in targets])
-        yield Record(id=f"synthetic-{seed}-{i}", source="synthetic", image=image,
-                     expression=text, solution=sol, kind=kind,
-                     extra={"scene": scene_json(objs), "num_objects": len(objs),
-                            "objects": objects_json(objs), "targets": list(targets)})
+        yield _record(f"synthetic-{seed}-{i}", image, objs, text, targets, kind)
         twin = _twin(text, objs) if kind == "superlative" and text.split(" ")[1] in twins else None
         if twin is not None:
-            text, targets = twin
-            sol = make_solution(image_size, image_size, [objs[k].mask_hw for k in targets],
-                                [objs[k].box_xyxy_px for k in targets])
-            yield Record(id=f"synthetic-{seed}-{i}-twin", source="synthetic", image=image,
-                         expression=text, solution=sol, kind=kind,
-                         extra={"scene": scene_json(objs), "num_objects": len(objs),
-                                "objects": objects_json(objs), "targets": list(targets)})
+            yield _record(f"synthetic-{seed}-{i}-twin", image, objs, *twin, kind)
+
+
+def _record(rid: str, image: np.ndarray, objs: Sequence[SceneObject], text: str,
+            targets: Sequence[int], kind: str) -> Record:
+    """The record of one expression of a drawn scene: its solution from the named objects'
+    masks and boxes, and the scene (views, every object's mask, the targets) kept with it."""
+    from rewards.solution import make_solution
+
+    h, w = image.shape[:2]
+    sol = make_solution(w, h, [objs[k].mask_hw for k in targets],
+                        [objs[k].box_xyxy_px for k in targets])
+    return Record(id=rid, source="synthetic", image=image, expression=text, solution=sol,
+                  kind=kind, extra={"scene": scene_json(objs), "num_objects": len(objs),
+                                    "objects": objects_json(objs), "targets": list(targets)})
 
 
 def _twin(text: str, objects: Sequence[SceneObject]) -> tuple[str, list[int]] | None:
