@@ -38,6 +38,7 @@ import numpy as np
 
 from rewards.solution import parse_solution
 from rl.context import RunContext
+from rl.data.referring import SUPERLATIVES
 from rl.data.samples import assistant_turn, user_turn
 from rl.metrics import SampleScore, paired_difference, score_referents, score_sample, summarize
 from tokens import Instance, SpatialVocab, apply_refinement, parse_refinement
@@ -213,13 +214,22 @@ def scene_objects(objects: str, targets: str, row) -> tuple[np.ndarray, list[int
     return masks, named
 
 
+def superlative_word(expression: str) -> str:
+    """The word of a superlative expression of the synthetic task ("the smallest star" ->
+    "smallest"); "" for any other text."""
+    words = expression.split(" ")
+    return words[1] if len(words) > 2 and words[0] == "the" and words[1] in SUPERLATIVES else ""
+
+
 def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
           decoder: MaskDecoder, kinds: Sequence[str] | None = None,
           instances: Sequence[str] | None = None,
           objects: Sequence[str] | None = None,
-          targets: Sequence[str] | None = None) -> list[SampleScore]:
+          targets: Sequence[str] | None = None,
+          expressions: Sequence[str] | None = None) -> list[SampleScore]:
     """Per-sample scores; with the rows' `objects` and `targets` columns (the synthetic task),
-    also which scene object each prediction picked (`rl.metrics.score_referents`)."""
+    also which scene object each prediction picked (`rl.metrics.score_referents`); with their
+    `expressions`, the word of each superlative row ("the smallest star": smallest)."""
     from pycocotools import mask as mask_utils
 
     out = []
@@ -240,6 +250,8 @@ def score(preds: Sequence[Prediction], images: Sequence, solutions: Sequence,
                  if objects else None)
         if scene is not None:
             score_referents(sample, pred_mask, per_instance, *scene)
+        if expressions and sample.kind == "superlative":
+            sample.superlative = superlative_word(expressions[k])
         out.append(sample)
     return out
 
@@ -252,7 +264,8 @@ def predict_and_score(model, rows, ctx: RunContext, settings: EvalSettings
     preds = predict(model, [r["prompt"] for r in rows], images, ctx, settings)
     scores = score(preds, images, [r["solution"] for r in rows], ctx.decoder(),
                    [r.get("kind", "") for r in rows], [r.get("instance", "") for r in rows],
-                   [r.get("objects", "") for r in rows], [r.get("targets", "") for r in rows])
+                   [r.get("objects", "") for r in rows], [r.get("targets", "") for r in rows],
+                   [r.get("expression", "") for r in rows])
     for p, s in zip(preds, scores, strict=True):
         p.score = s
     return preds, scores

@@ -54,6 +54,7 @@ class SampleScore:
     picked: bool | None = None  # single-target rows: the prediction picked some object
     targets_found: int | None = None  # multi-target rows: named objects some instance picked
     instances_on_target: int | None = None  # multi-target rows: instances that picked one
+    superlative: str = ""  # superlative rows: the expression's word ("smallest", "leftmost")
 
     @property
     def iou(self) -> float:
@@ -174,6 +175,10 @@ def reading(scores: Sequence[SampleScore]) -> dict:
         out["referent_by_objects"] = {
             str(n): _referent_entry([s for s in single if s.num_objects == n])
             for n in sorted({s.num_objects for s in single})}
+        words = sorted({s.superlative for s in single if s.superlative})
+        if words:  # which superlative words the model reads (the synthetic task)
+            out["referent_by_superlative"] = {
+                w: _referent_entry([s for s in single if s.superlative == w]) for w in words}
     if multi:
         found = sum(s.targets_found for s in multi)
         named = sum(s.num_gt for s in multi)
@@ -395,8 +400,9 @@ def reading_table(results: dict) -> str:
         lines.append(f"| {name} | all single-target | {m['referent_samples']} | "
                      f"{_cell(m['referent_accuracy'], 'pct')} | {_cell(m['chance'], 'pct')} | "
                      f"{_cell(lo, 'pct')}–{_cell(hi, 'pct')} | {picked(m)} |")
-        for group, key in (("kind", "referent_by_kind"), ("objects", "referent_by_objects")):
-            for value, r in m[key].items():
+        for group, key in (("kind", "referent_by_kind"), ("objects", "referent_by_objects"),
+                           ("superlative", "referent_by_superlative")):
+            for value, r in m.get(key, {}).items():
                 lines.append(f"| {name} | {group} {value} | {r['samples']} | "
                              f"{_cell(r['referent_accuracy'], 'pct')} | "
                              f"{_cell(r['chance'], 'pct')} | | {picked(r)} |")

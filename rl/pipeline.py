@@ -108,6 +108,10 @@ def reading_summary(m: dict) -> str:
                           for k, v in m.get("referent_by_kind", {}).items())
         parts.append(f"referent accuracy {m['referent_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
                      f"(chance {m['chance']:.3f}; per kind accuracy/chance: {kinds})")
+        words = ", ".join(f"{w} {v['referent_accuracy']:.2f}"
+                          for w, v in m.get("referent_by_superlative", {}).items())
+        if words:
+            parts.append(f"superlatives by word: {words}")
         if m.get("referent_accuracy_picked") is not None:  # rows that picked an object
             kinds = ", ".join(f"{k} {v['referent_accuracy_picked']:.2f}/{v['chance_picked']:.2f}"
                               for k, v in m.get("referent_by_kind", {}).items()

@@ -181,6 +181,29 @@ def test_reading_summary_per_kind_count_and_chance():
                                              "chance_picked": 0.5}
     lo, hi = m["referent_interval"]
     assert 0 <= lo <= 2 / 3 <= hi <= 1
+    assert "referent_by_superlative" not in m  # no superlative row, no word table
+
+
+def test_referent_accuracy_per_superlative_word():
+    from rl.evaluate import superlative_word
+    from rl.metrics import reading_table
+
+    assert superlative_word("the smallest star") == "smallest"
+    assert superlative_word("the leftmost red shape") == "leftmost"
+    assert superlative_word("the red star") == "" and superlative_word("smallest") == ""
+    pred = np.zeros((10, 40), dtype=bool)
+    pred[:, 0:10] = True  # on object 0
+    rows = []
+    for word, target in (("smallest", 0), ("smallest", 2), ("largest", 0)):
+        s = _referent(pred, [target])
+        s.kind, s.superlative = "superlative", word
+        rows.append(s)
+    m = summarize(rows)
+    assert list(m["referent_by_superlative"]) == ["largest", "smallest"]
+    assert m["referent_by_superlative"]["smallest"]["referent_accuracy"] == 0.5
+    assert m["referent_by_superlative"]["smallest"]["samples"] == 2
+    assert m["referent_by_superlative"]["largest"]["referent_accuracy"] == 1.0
+    assert "| superlative smallest | 2 | 50.0 |" in reading_table({"eval": {"per_expression": m}})
 
 
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_samples():

@@ -239,6 +239,10 @@ def test_reading_summary_line():
         "gIoU 0.300 [0.200, 0.400]; referent accuracy 0.400 [0.300, 0.500] (chance 0.350; "
         "per kind accuracy/chance: attribute 0.50/0.30); N-acc 0.100")
     assert reading_summary({"gIoU": 0.5}) == "gIoU 0.500"
+    words = {**m, "referent_by_superlative": {"largest": {"referent_accuracy": 0.75},
+                                              "smallest": {"referent_accuracy": 0.25}}}
+    assert "attribute 0.50/0.30); superlatives by word: largest 0.75, smallest 0.25; " in (
+        reading_summary(words))
     # The same over the rows that picked an object (a declined answer picks none).
     m.update(picked_share=0.5, referent_accuracy_picked=0.6, chance_picked=0.34)
     m["referent_by_kind"]["attribute"].update(referent_accuracy_picked=0.7, chance_picked=0.33)
