@@ -266,8 +266,8 @@ def superlative_order(texts: Sequence[str], weights: Mapping[str, float],
     drawn with the weights of their words (sampling without replacement; a word of weight 0,
     or not in `weights`, is never tried). The first expression that resolves is kept, so each
     word is the first asked about in proportion to its weight (every word has the same number
-    of expressions in a scene)."""
-    check_superlatives(weights)
+    of expressions in a scene). `weights` as `check_superlatives` accepts them (checked once
+    by the caller, `synthetic_records`)."""
     w = np.array([float(weights.get(t.split(" ")[1], 0.0)) for t in texts])
     live = np.flatnonzero(w > 0)
     if live.size == 0:
@@ -357,7 +357,8 @@ def synthetic_records(n: int, seed: int = 0, image_size: int = 112,
             raise ValueError(f"no scene with {objects} objects admits a {kind!r} expression")
         text, targets = made
         yield _record(f"synthetic-{seed}-{i}", image, objs, text, targets, kind)
-        twin = _twin(text, objs) if kind == "superlative" and text.split(" ")[1] in twins else None
+        twin = (_twin(text, targets, objs)
+                if kind == "superlative" and text.split(" ")[1] in twins else None)
         if twin is not None:
             yield _record(f"synthetic-{seed}-{i}-twin", image, objs, *twin, kind)
 
@@ -376,14 +377,14 @@ def _record(rid: str, image: np.ndarray, objs: Sequence[SceneObject], text: str,
                                     "objects": objects_json(objs), "targets": list(targets)})
 
 
-def _twin(text: str, objects: Sequence[SceneObject]) -> tuple[str, list[int]] | None:
-    """The superlative `text` with its word replaced by the opposite one, and its target, when
-    that names another object of the scene unambiguously; else None."""
+def _twin(text: str, targets: Sequence[int], objects: Sequence[SceneObject]
+          ) -> tuple[str, list[int]] | None:
+    """The superlative `text` (naming `targets`) with its word replaced by the opposite one,
+    and its target, when that names another object of the scene unambiguously; else None."""
     words = text.split(" ")
     other = " ".join([words[0], OPPOSITE[words[1]], *words[2:]])
-    views = [SceneView.of(o) for o in objects]
     try:
-        got, was = resolve(other, views), resolve(text, views)
+        got = resolve(other, [SceneView.of(o) for o in objects])
     except AmbiguousExpression:
         return None
-    return (other, got) if got != was else None
+    return (other, got) if got != list(targets) else None
