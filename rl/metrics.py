@@ -206,6 +206,19 @@ def paired_difference(after: Sequence[float], before: Sequence[float],
             "samples": int(d.size), "verdict": verdict}
 
 
+def minus_rate(hits: Sequence[float], rates: Sequence[float]) -> dict:
+    """Hits (1 / 0 per row) against the rate a given strategy would hit each row at (e.g. a
+    reader of every expression under the retargeted control): the mean rate, the mean of
+    hit - rate over the rows and its 95 % bootstrap interval (rows resampled)."""
+    h, r = np.asarray(hits, dtype=np.float64), np.asarray(rates, dtype=np.float64)
+    if h.shape != r.shape:
+        raise ValueError(f"{h.size} hits against {r.size} rates")
+    d = h - r
+    return {"rate": float(r.mean()) if r.size else None,
+            "difference": float(d.mean()) if d.size else None,
+            "interval": bootstrap_interval(d) if d.size else None, "samples": int(d.size)}
+
+
 def _seeded_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Bootstrap means of `values` (seeds x samples): the samples (held-out scenes) resampled
     once per draw for every seed, then the seeds resampled; one seed resamples samples only, with

@@ -36,6 +36,11 @@ from rl.data.splits import (  # noqa: F401 (re-exported: the pipeline's names)
 from rl.files import write_json
 
 
+def _ci(d: dict) -> str:
+    """ " [lo, hi]" of a difference's interval, or "" without one."""
+    return " [{:+.3f}, {:+.3f}]".format(*d["interval"]) if d.get("interval") else ""
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -522,52 +527,78 @@ class Pipeline:
     def _shuffle_control(self, model, current: Path) -> dict:
         """The final model on the held-out scenes with their expressions shuffled among rows
         of the same kind (rl.evaluate.shuffled_rows): a model that ignores the text scores as
-        on the real expressions; one that reads falls to chance or below it: an attribute
-        expression from another scene mostly names an object this scene lacks, which the
-        task's no-target rows teach it to decline (no object picked), and where it does pick
-        one, the pick is the original target at chance rate (`referent_accuracy_picked`
-        against `chance_picked`; their row-by-row difference with its interval in
-        `picked_minus_chance`).
+        on the real expressions; one that reads falls below chance: an attribute expression
+        from another scene mostly names an object this scene lacks, which the task's
+        no-target rows teach it to decline (no object picked), and where it does pick one,
+        the pick is the original target at chance rate (`referent_accuracy_picked` against
+        `chance_picked`; their row-by-row difference with its interval in
+        `picked_minus_chance`). Where the rows carry their synthetic scenes, also the
+        retargeted control (rl.evaluate.retargeted_rows: a fresh expression of the row's kind
+        naming a uniformly drawn object of its scene), where a model that reads every
+        expression right scores the chance rate (`reader_rate`; the row-by-row difference in
+        `minus_reader_rate`) and one that ignores the text scores as on the real expressions.
         With the real expressions' predictions of this process, also the paired difference of
-        referent accuracy, real - shuffled, over the single-target rows
-        (`controls.real_minus_shuffled_referent`)."""
-        from rl.evaluate import EvalSettings, evaluate_rows, shuffled_rows
-        from rl.metrics import paired_difference
+        referent accuracy, real - control, over the single-target rows
+        (`controls.real_minus_shuffled_referent`, `controls.real_minus_retargeted_referent`)."""
+        from rl.evaluate import EvalSettings, retargeted_rows, shuffled_rows
         from rl.models import load_model
 
+        t0 = time.perf_counter()
         final = current.name
         rounds = self.cfg.eval.rounds if final == "grpo_stage2" else 0
         model = load_model(current, self.cfg.model) if model is None else model
         model.eval()
         settings = EvalSettings(rounds, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
-        rows = shuffled_rows(self.eval_rows, self.prompts, seed=self.cfg.seed)
-        m, shuffled = evaluate_rows(model, rows, self.ctx, settings)
-        m["model"], m["refinement_rounds"] = final, rounds
-        self.metrics["controls"] = {"shuffled_expression": m}
+        self.metrics["controls"] = {}
+        m = self._control(model, final, settings, "shuffled", "shuffled-expression",
+                          shuffled_rows(self.eval_rows, self.prompts, seed=self.cfg.seed))
+        if all(r.get("scene") for r in self.eval_rows):
+            self._control(model, final, settings, "retargeted", "retargeted-expression",
+                          retargeted_rows(self.eval_rows, self.prompts, seed=self.cfg.seed))
+        self.metrics["seconds"]["controls"] = time.perf_counter() - t0
+        return m
+
+    def _control(self, model, final: str, settings, name: str, title: str,
+                 rows: list[dict]) -> dict:
+        """Score the final model on a control's rows (`<name>_expression` in `controls`), with
+        the paired real - control referent accuracy and, where the rows give a reader's rate,
+        accuracy - that rate row by row (`minus_reader_rate`); log one line."""
+        from rl.evaluate import evaluate_rows
+        from rl.metrics import minus_rate, paired_difference
+
+        m, preds = evaluate_rows(model, rows, self.ctx, settings)
+        m["model"], m["refinement_rounds"] = final, settings.rounds
+        self.metrics["controls"][f"{name}_expression"] = m
         real = self.metrics["evaluation"].get(final, {})
         gap = ""
         if self.last_evaluated == final:
             pairs = [(a.score.referent, b.score.referent)
-                     for a, b in zip(self.last_predictions, shuffled, strict=True)
+                     for a, b in zip(self.last_predictions, preds, strict=True)
                      if a.score.referent is not None and b.score.referent is not None]
             if pairs:
                 d = paired_difference([float(a) for a, _ in pairs], [float(b) for _, b in pairs])
-                self.metrics["controls"]["real_minus_shuffled_referent"] = d
-                ci = (" [{:+.3f}, {:+.3f}]".format(*d["interval"]) if d["interval"] else "")
-                gap = f"; real - shuffled {d['difference']:+.3f}{ci}"
+                self.metrics["controls"][f"real_minus_{name}_referent"] = d
+                gap = f"; real - {name} {d['difference']:+.3f}{_ci(d)}"
+        reader = ""
+        hits = [(float(p.score.referent), r["reader_rate"]) for p, r in zip(preds, rows,
+                                                                              strict=True)
+                if p.score.referent is not None and r.get("reader_rate") is not None]
+        if hits:
+            d = minus_rate([h for h, _ in hits], [r for _, r in hits])
+            m["reader_rate"], m["minus_reader_rate"] = d.pop("rate"), d
+            reader = (f"; a reader of every expression {_fmt(m['reader_rate'])}, difference "
+                      f"{d['difference']:+.3f}{_ci(d)}")
         picked = ""
         if m.get("referent_accuracy_picked") is not None:
             over = m.get("picked_minus_chance") or {}
-            ci = (" [{:+.3f}, {:+.3f}]".format(*over["interval"]) if over.get("interval")
-                  else "")
             picked = (f"; where an object was picked ({100 * m['picked_share']:.0f} % of rows) "
                       f"{_fmt(m['referent_accuracy_picked'])}, chance "
                       f"{_fmt(m['chance_picked'])}"
-                      + (f", difference {over['difference']:+.3f}{ci}" if over else ""))
-        log(f"shuffled-expression control ({final}): referent accuracy "
+                      + (f", difference {over['difference']:+.3f}{_ci(over)}" if over else ""))
+        log(f"{title} control ({final}): referent accuracy "
             f"{_fmt(m.get('referent_accuracy'))} (real expressions "
             f"{_fmt(real.get('referent_accuracy'))}, chance {_fmt(m.get('chance'))}{gap}"
-            f"{picked}), gIoU {m['gIoU']:.3f}")
+            f"{reader}{picked}), gIoU {m['gIoU']:.3f}")
         return m
 
     def _curve_callback(self):
@@ -840,9 +871,10 @@ class Pipeline:
         log("held-out gIoU: " + " -> ".join(f"{s} {ev[s]['gIoU']:.3f}" for s in order))
         for s in order[1:]:
             log(f"  {s}: {reading_summary(ev[s])}")
-        control = self.metrics.get("controls", {}).get("shuffled_expression")
-        if control is not None:
-            log(f"  shuffled expressions ({control['model']}): {reading_summary(control)}")
+        for name in ("shuffled", "retargeted"):
+            control = self.metrics.get("controls", {}).get(f"{name}_expression")
+            if control is not None:
+                log(f"  {name} expressions ({control['model']}): {reading_summary(control)}")
         for name, c in self.metrics.get("comparisons", {}).items():
             lo, hi = c["interval"]
             log(f"  {name} (gIoU, rounds {c['rounds']}): {c['difference']:+.4f} "

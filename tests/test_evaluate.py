@@ -85,6 +85,9 @@ def test_command_line_writes_json_markdown_and_predictions_per_dataset(grid8_mod
     # the reading table and the shuffled-expression control (rows carry their scene objects)
     assert "referent acc." in table and "Shuffled-expression control" in table
     assert list(first["shuffled_expression"]) == list(res)
+    # the rows carry their synthetic scenes: the retargeted control too, with a reader's rate
+    assert list(first["retargeted_expression"]) == list(res) + ["minus_reader_rate"]
+    assert "Retargeted-expression control" in table and "A reader of every expression" in table
     # no answer parses, so nothing is refined: the curve is flat at the proposals' figures
     assert [c["rounds"] for c in first["rounds_curve"]] == [0, 1]
     assert first["rounds_curve"][0]["gIoU"] == first["rounds_curve"][1]["gIoU"]
@@ -165,6 +168,68 @@ def test_shuffled_expressions_keep_kinds_and_scenes():
     for kind in {r["kind"] for r in rows}:
         assert sorted(r["expression"] for r in rows if r["kind"] == kind) == \
                sorted(r["expression"] for r in out if r["kind"] == kind)
+
+
+def test_retargeted_expressions_keep_rows_and_name_one_object_of_their_own_scene():
+    import pytest
+
+    from rl.data.referring import SceneView, resolve
+    from rl.evaluate import retargeted_rows
+
+    prompts = load_prompts()
+    rows = list(build_grpo_stage1(synthetic_records(40, seed=4, objects=(2, 4),
+                                                    distractors="share"), prompts,
+                                  BuildConfig(image_after_text=True)))
+    out = retargeted_rows(rows, prompts, seed=1)
+    assert out == retargeted_rows(rows, prompts, seed=1)
+    for a, b in zip(rows, out, strict=True):
+        assert (b["id"], b["kind"], b["solution"], b["objects"], b["targets"], b["scene"]) == \
+               (a["id"], a["kind"], a["solution"], a["objects"], a["targets"], a["scene"])
+        assert b["image"] is a["image"]
+        views = [SceneView(**v) for v in json.loads(a["scene"])]
+        assert resolve(b["expression"], views) == json.loads(b["retargeted_to"])
+        parts = b["prompt"][0]["content"]
+        assert [p["type"] for p in parts] == ["text", "image"]
+        assert parts[0]["text"] == prompts["stage1"].format(expression=b["expression"])
+        if a["kind"] in ("attribute", "relation", "superlative"):
+            assert len(json.loads(b["retargeted_to"])) == 1
+            # 1 / the objects its kind can name here (mostly all of them)
+            assert 1 / len(views) <= b["reader_rate"] <= 1
+        else:
+            assert b["reader_rate"] is None
+    with pytest.raises(ValueError, match="row r7: no 'scene'"):
+        retargeted_rows([{**rows[0], "id": "r7", "scene": ""}], prompts)
+
+
+def test_a_perfect_reader_falls_far_below_chance_when_shuffled_and_to_chance_retargeted():
+    """Why the retargeted control: a model that resolves every expression exactly (the
+    generator's own `resolve`) scores 1 on the real rows; on shuffled rows it declines or
+    answers another object, far below chance; on retargeted rows it scores the chance rate."""
+    from rl.data.referring import AmbiguousExpression, SceneView, resolve
+    from rl.evaluate import retargeted_rows, shuffled_rows
+
+    prompts = load_prompts()
+    rows = list(build_grpo_stage1(synthetic_records(400, seed=5, objects=(2, 4),
+                                                    distractors="share"), prompts,
+                                  BuildConfig()))
+
+    def reader(row):
+        views = [SceneView(**v) for v in json.loads(row["scene"])]
+        try:
+            got = resolve(row["expression"], views)
+        except AmbiguousExpression:
+            return 0.0
+        return float(got == json.loads(row["targets"]))
+
+    single = [k for k, r in enumerate(rows) if r["kind"] in ("attribute", "relation",
+                                                            "superlative")]
+    chance = np.mean([1 / len(json.loads(rows[k]["scene"])) for k in single])
+    assert np.mean([reader(rows[k]) for k in single]) == 1.0
+    shuffled = shuffled_rows(rows, prompts, seed=0)
+    assert np.mean([reader(shuffled[k]) for k in single]) < chance - 0.15
+    retargeted = retargeted_rows(rows, prompts, seed=0)
+    assert abs(np.mean([reader(retargeted[k]) for k in single]) - chance) < 0.08
+    assert abs(np.mean([retargeted[k]["reader_rate"] for k in single]) - chance) < 0.01
 
 
 def test_scene_objects_bad_input_names_the_row():

@@ -323,3 +323,15 @@ def test_referent_accuracy_where_an_object_was_picked_by_hand():
     nothing = reading([rows[2]])
     assert nothing["picked_share"] == 0.0 and nothing["referent_accuracy_picked"] is None
     assert "picked_minus_chance" not in nothing
+
+
+def test_minus_rate_by_hand():
+    from rl.metrics import minus_rate
+
+    d = minus_rate([1, 0, 1, 0], [0.5, 0.5, 0.25, 0.25])
+    assert d["rate"] == 0.375 and d["difference"] == 0.125 and d["samples"] == 4
+    lo, hi = d["interval"]
+    assert lo <= 0.125 <= hi
+    assert minus_rate([], [])["difference"] is None
+    with pytest.raises(ValueError, match="3 hits against 2 rates"):
+        minus_rate([1, 0, 1], [0.5, 0.5])

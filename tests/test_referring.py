@@ -13,6 +13,7 @@ from rl.data.referring import (
     SceneView,
     make_expression,
     resolve,
+    retarget,
     synthetic_records,
 )
 from rl.data.scenes import draw_scene
@@ -271,3 +272,33 @@ def test_superlative_twins_ask_the_same_scene_with_the_opposite_word():
     assert pairs and all(paired[k + 1].id == paired[k].id + "-twin" for k in pairs)
     with pytest.raises(ValueError, match="unknown superlative words"):
         list(synthetic_records(1, twins=("biggest",)))
+
+
+def test_retarget_names_each_object_alike_and_resolves():
+    rng = np.random.default_rng(0)
+    drawn = {0: 0, 1: 0, 2: 0}
+    for _ in range(600):
+        text, named, choices = retarget(SCENE, "attribute", rng)
+        assert resolve(text, SCENE) == named and choices == 3
+        drawn[named[0]] += 1
+    # every object of SCENE has an attribute expression: each drawn about a third of the time
+    assert all(150 <= n <= 250 for n in drawn.values()), drawn
+    # positional superlatives name every object; "the smallest shape" never (no clear winner)
+    texts = set()
+    for _ in range(300):
+        text, named, choices = retarget(SCENE, "superlative", rng)
+        assert resolve(text, SCENE) == named and choices == 3
+        texts.add(text)
+    assert "the smallest shape" not in texts and "the largest shape" in texts
+    for kind, check in (("multi", lambda t: len(t) >= 2), ("none", lambda t: t == [])):
+        for _ in range(20):
+            text, named, _ = retarget(SCENE, kind, rng)
+            assert resolve(text, SCENE) == named and check(named)
+
+
+def test_retarget_keeps_a_rows_own_expression_among_the_candidates():
+    # one relation names object 1 here; with the row's own expression it is always drawable
+    rng = np.random.default_rng(1)
+    own = ("the square right of the red circle", [1])
+    got = {tuple(retarget(SCENE, "relation", rng, own=own)[1]) for _ in range(50)}
+    assert (1,) in got

@@ -158,6 +158,18 @@ def test_shuffled_expression_control_and_captioned_pictures(run):
     assert 0 < gap["samples"] <= 16
     assert gap["difference"] == pytest.approx(real["referent_accuracy"]
                                               - control["referent_accuracy"])
+    # The retargeted control (the held-out rows are synthetic scenes): the same rows, a reader's
+    # rate per single-target row, and accuracy minus that rate row by row.
+    retargeted = metrics["controls"]["retargeted_expression"]
+    assert retargeted["samples"] == 16 and retargeted["model"] == "grpo_stage2"
+    d = retargeted["minus_reader_rate"]
+    assert d["samples"] == retargeted["referent_samples"]
+    assert d["difference"] == pytest.approx(retargeted["referent_accuracy"]
+                                            - retargeted["reader_rate"])
+    assert 0 < retargeted["reader_rate"] <= 1
+    gap = metrics["controls"]["real_minus_retargeted_referent"]
+    assert gap["difference"] == pytest.approx(real["referent_accuracy"]
+                                              - retargeted["referent_accuracy"])
     assert len(list((out / "pictures").glob("[0-9]*.png"))) == 2
     # One contact sheet per evaluated stage: the 8 best and the 8 worst of 16, four to a row
     # (the layout: tests/test_visualize.py).

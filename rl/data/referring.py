@@ -276,6 +276,44 @@ def superlative_order(texts: Sequence[str], weights: Mapping[str, float],
     return [int(live[k]) for k in drawn]
 
 
+def retarget(views: Sequence[SceneView], kind: str, rng: np.random.Generator,
+             own: tuple[str, Sequence[int]] | None = None) -> tuple[str, list[int], int]:
+    """A fresh expression of `kind` for the scene `views`: (text, targets, choices).
+
+    Single-target kinds name a uniformly drawn object among those an expression of the kind can
+    name here (`choices` of them), in a uniformly drawn wording; a reader answers the drawn
+    object, so it hits a given object of the scene with probability 1 / `choices` (the chance
+    rate 1 / objects when every object can be named, as in the bundled task). The other kinds
+    draw one of their valid expressions (`choices`: how many there are). `own`, the row's own
+    (expression, targets), counts as a candidate, so every object it names can be drawn.
+    What the retargeted-expression control asks (`rl.evaluate.retargeted_rows`)."""
+    found: dict[tuple[int, ...], list[str]] = {}
+    cands = _candidates(kind, views, rng) + ([(own[0], list(own[1]))] if own else [])
+    for text, _ in cands:
+        try:
+            got = resolve(text, views)
+        except AmbiguousExpression:
+            continue
+        if kind in SINGLE_TARGET_KINDS:
+            ok = len(got) == 1
+        elif kind == "multi":
+            ok = len(got) >= 2
+        else:
+            ok = not got
+        if ok and text not in found.setdefault(tuple(sorted(got)), []):
+            found[tuple(sorted(got))].append(text)
+    if not found:
+        raise ValueError(f"no {kind} expression names anything in this scene")
+    if kind in SINGLE_TARGET_KINDS:
+        keys = sorted(found)
+        key = keys[int(rng.integers(len(keys)))]
+        texts = found[key]
+        return texts[int(rng.integers(len(texts)))], list(key), len(keys)
+    every = [(t, list(k)) for k in sorted(found) for t in found[k]]
+    text, targets = every[int(rng.integers(len(every)))]
+    return text, targets, len(every)
+
+
 def objects_json(objects: Sequence[SceneObject]) -> str:
     """Every object's visible mask as a compressed COCO RLE, in drawing order, as JSON."""
     from pycocotools import mask as mask_utils

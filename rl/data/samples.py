@@ -152,7 +152,9 @@ def _to_image(image) -> np.ndarray:
 def base_columns(rec: Record, image: np.ndarray) -> dict:
     """The columns every row carries; the image as a PIL image (what TRL's processors and
     `datasets.Image` take). `split` and `instance` (the object an expression refers to; the
-    record id when unknown) let evaluation report per dataset/split and per instance."""
+    record id when unknown) let evaluation report per dataset/split and per instance; `objects`
+    (their masks), `scene` (their names, sizes and centres: what `resolve` reads) and
+    `targets` are the synthetic scenes' ("" / [] elsewhere)."""
     from PIL import Image
 
     return {"id": rec.id, "source": rec.source, "split": str(rec.extra.get("split", "")),
@@ -160,6 +162,7 @@ def base_columns(rec: Record, image: np.ndarray) -> dict:
             "expression": rec.expression, "kind": rec.kind,
             "solution": json.dumps(rec.solution),
             "objects": str(rec.extra.get("objects", "")),
+            "scene": str(rec.extra.get("scene", "")),
             "targets": json.dumps(rec.extra.get("targets", []))}
 
 
