@@ -32,7 +32,11 @@ class TowerPretrainConfig:
     regress each object's log area (standardized over the training objects, squared error
     added to the two cross-entropies), so the tokens an object covers say how large it is
     (what "the largest"/"the smallest" compare); lr_scheduler_type: transformers' schedule of
-    the rate over the steps ("constant": none; "cosine": decays to 0 at the last step)."""
+    the rate over the steps ("constant": none; "cosine": decays to 0 at the last step);
+    size_tokens: also regress, from every visual token an object covers most (at least
+    `MIN_COVER` of it), that object's log area (standardized as for `size`, by a head of its
+    own on each token): every token of an object, not only their mean, says how large the
+    object is, so "the smallest star" can be found among single tokens."""
 
     steps: int = 0
     learning_rate: float = 1e-3
@@ -40,28 +44,32 @@ class TowerPretrainConfig:
     scenes: int = 3000
     output_norm: float | None = 1.0
     size: bool = False
+    size_tokens: bool = False
     lr_scheduler_type: str = "constant"
     seed: int = 0
 
 
 def object_examples(n: int, seed: int, image_size: int, tokens_per_side: int,
-                    workers: int = 1) -> list[dict]:
+                    workers: int = 1, token_sizes: bool = False) -> list[dict]:
     """`n` synthetic scenes as training examples: the image, and per object its colour and
-    shape indices and its pooling weights over the scene's visual tokens (raster order).
+    shape indices and its pooling weights over the scene's visual tokens (raster order); with
+    `token_sizes`, per token the log area of the object covering it most (NaN where none
+    covers it by `MIN_COVER`).
     Scene i depends on `seed` and i only, so `workers` forked processes build the same list
     (rl.data.parallel)."""
     from rl.data.parallel import in_processes
     from rl.data.referring import synthetic_records
 
     return in_processes(
-        lambda lo, hi: [_object_example(rec, image_size, tokens_per_side)
+        lambda lo, hi: [_object_example(rec, image_size, tokens_per_side, token_sizes)
                         for rec in synthetic_records(hi - lo, seed, image_size, (2, 4),
                                                      {"attribute": 1.0}, distractors="share",
                                                      start=lo)],
         n, workers)
 
 
-def _object_example(rec, image_size: int, tokens_per_side: int) -> dict:
+def _object_example(rec, image_size: int, tokens_per_side: int,
+                    token_sizes: bool = False) -> dict:
     from pycocotools import mask as mask_utils
 
     cell = image_size // tokens_per_side
@@ -76,10 +84,15 @@ def _object_example(rec, image_size: int, tokens_per_side: int) -> dict:
     weights = np.where(cover >= MIN_COVER, cover, 0.0)
     for k in np.flatnonzero(weights.sum(axis=1) == 0):  # a sliver: its best token
         weights[k, cover[k].argmax()] = cover[k].max()
-    return {"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
-            "shape": [SHAPES.index(v["shape"]) for v in views],
-            "colour": [colours.index(v["colour"]) for v in views],
-            "log_area": [float(np.log(max(m.mean(), 1.0 / m.size))) for m in masks]}
+    log_area = [float(np.log(max(m.mean(), 1.0 / m.size))) for m in masks]
+    out = {"image": rec.image, "pool": weights / weights.sum(axis=1, keepdims=True),
+           "shape": [SHAPES.index(v["shape"]) for v in views],
+           "colour": [colours.index(v["colour"]) for v in views], "log_area": log_area}
+    if token_sizes:
+        top = cover.argmax(axis=0)
+        out["token_log_area"] = np.where(cover.max(axis=0) >= MIN_COVER,
+                                         np.asarray(log_area)[top], np.nan)
+    return out
 
 
 class ObjectAttributes:
@@ -99,17 +112,23 @@ class ObjectAttributes:
         for b, size in zip(batch, sizes, strict=True):
             pool[row:row + len(b["shape"]), col:col + size] = torch.from_numpy(b["pool"])
             row, col = row + len(b["shape"]), col + size
-        return {"pixel_values": inputs["pixel_values"],
-                "image_grid_thw": inputs["image_grid_thw"], "pool": pool,
-                "shape": torch.tensor([s for b in batch for s in b["shape"]]),
-                "colour": torch.tensor([c for b in batch for c in b["colour"]]),
-                "log_area": torch.tensor([a for b in batch for a in b["log_area"]],
-                                         dtype=torch.float32)}
+        out = {"pixel_values": inputs["pixel_values"],
+               "image_grid_thw": inputs["image_grid_thw"], "pool": pool,
+               "shape": torch.tensor([s for b in batch for s in b["shape"]]),
+               "colour": torch.tensor([c for b in batch for c in b["colour"]]),
+               "log_area": torch.tensor([a for b in batch for a in b["log_area"]],
+                                        dtype=torch.float32)}
+        if "token_log_area" in batch[0]:
+            out["token_log_area"] = torch.from_numpy(
+                np.concatenate([b["token_log_area"] for b in batch])).float()
+        return out
 
 
-def _tower_with_head(visual, size: tuple[float, float] | None = None):
+def _tower_with_head(visual, size: tuple[float, float] | None = None,
+                     token_size: tuple[float, float] | None = None):
     """The tower with its head; `size`: (mean, standard deviation) of the training objects'
-    log areas, to regress them standardized (None: colour and shape only)."""
+    log areas, to regress them standardized (None: colour and shape only); `token_size`: the
+    same, to regress them from each token an object covers most (a second, per-token head)."""
     import torch
     from torch import nn
 
@@ -122,19 +141,30 @@ def _tower_with_head(visual, size: tuple[float, float] | None = None):
         def __init__(self):
             super().__init__()
             self.visual = visual
-            self.head = nn.Linear(visual.merger.mlp[-1].out_features, n_cls + (size is not None))
+            dim = visual.merger.mlp[-1].out_features
+            self.head = nn.Linear(dim, n_cls + (size is not None))
+            self.token_head = nn.Linear(dim, 1) if token_size is not None else None
 
         def tokens(self, pixel_values, image_grid_thw):
             return self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
 
-        def forward(self, pixel_values, image_grid_thw, pool, shape, colour, log_area=None):
-            logits = self.head(pool @ self.tokens(pixel_values, image_grid_thw))
+        def forward(self, pixel_values, image_grid_thw, pool, shape, colour, log_area=None,
+                    token_log_area=None):
+            tokens = self.tokens(pixel_values, image_grid_thw)
+            logits = self.head(pool @ tokens)
             ce = nn.functional.cross_entropy
             loss = ce(logits[:, :len(SHAPES)], shape) + ce(logits[:, len(SHAPES):n_cls], colour)
             if size is not None and log_area is not None:
                 target = (log_area - size[0]) / size[1]
                 loss = loss + nn.functional.mse_loss(logits[:, n_cls], target)
-            return {"loss": loss, "logits": logits}
+            out = {"loss": loss, "logits": logits}
+            if self.token_head is not None and token_log_area is not None:
+                covered = ~torch.isnan(token_log_area)
+                pred = self.token_head(tokens[covered]).squeeze(-1)
+                target = (token_log_area[covered] - token_size[0]) / token_size[1]
+                out["loss"] = loss + nn.functional.mse_loss(pred, target)
+                out["token_sizes"] = (pred, target)
+            return out
 
         @torch.no_grad()
         def accuracy(self, batch) -> dict:
@@ -146,6 +176,9 @@ def _tower_with_head(visual, size: tuple[float, float] | None = None):
             if size is not None:  # how well the head orders the objects by size
                 pairs = torch.stack([logits[:, n_cls], batch["log_area"]])
                 out["size_correlation"] = float(torch.corrcoef(pairs)[0, 1])
+            if self.token_head is not None:  # the same from single tokens
+                out["token_size_correlation"] = float(torch.corrcoef(
+                    torch.stack(self(**batch)["token_sizes"]))[0, 1])
             return out
 
     return TowerWithHead()
@@ -166,11 +199,14 @@ def pretrain_tower(model, processor, cfg: TowerPretrainConfig, image_size: int) 
     collate = ObjectAttributes(processor.image_processor)
     # The scenes over the run's CPU threads (rl.pipeline.set_cpu_threads set them).
     workers = torch.get_num_threads()
-    train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side, workers)
-    held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side, workers))
+    train = object_examples(cfg.scenes, cfg.seed + 7_000_001, image_size, side, workers,
+                            cfg.size_tokens)
+    held_out = collate(object_examples(300, cfg.seed + 7_000_002, image_size, side, workers,
+                                       cfg.size_tokens))
     areas = np.concatenate([ex["log_area"] for ex in train])
-    net = _tower_with_head(model.model.visual,
-                           (float(areas.mean()), float(areas.std())) if cfg.size else None)
+    stats = (float(areas.mean()), float(areas.std()))
+    net = _tower_with_head(model.model.visual, stats if cfg.size else None,
+                           stats if cfg.size_tokens else None)
     before = net.accuracy(held_out)
     work_dir = tempfile.TemporaryDirectory(prefix="vision_pretrain_")  # the Trainer's scratch
     args = TrainingArguments(output_dir=work_dir.name, max_steps=cfg.steps,

@@ -50,6 +50,12 @@ def test_pool_weights_by_hand():
     assert ex["colour"] == [list(COLOURS).index("red"), list(COLOURS).index("blue")]
     assert ex["log_area"] == pytest.approx([np.log((28 * 28 + 28 * 7) / 112 ** 2),
                                             np.log(28 * 3 / 112 ** 2)])
+    # per token: the log area of the object covering it most, where one covers a quarter
+    with mock.patch("rl.data.referring.synthetic_records", return_value=iter([rec])):
+        (ex,) = object_examples(1, seed=0, image_size=112, tokens_per_side=4, token_sizes=True)
+    want = np.full(16, np.nan)
+    want[0] = want[1] = ex["log_area"][0]  # token 15: b covers a tenth of it, below a quarter
+    assert np.allclose(ex["token_log_area"], want, equal_nan=True)
 
 
 def test_collator_places_each_scene_block_on_its_own_tokens(tiny_model_dirs):
@@ -111,6 +117,18 @@ def test_size_regression_is_trained_only_when_asked(tmp_path):
         "steps": 2, "scenes": 8, "output_norm": 1.0})
     assert "size_correlation" not in json.loads(
         (plain / "vision_pretrain.json").read_text())["held_out_after"]
+
+
+def test_per_token_size_regression(tmp_path):
+    from rl.models import build_tiny_qwen2_5_vl
+
+    sized = build_tiny_qwen2_5_vl(tmp_path / "tokens", seed=1, vision_pretrain={
+        "steps": 60, "scenes": 80, "output_norm": 1.0, "size_tokens": True})
+    figures = json.loads((sized / "vision_pretrain.json").read_text())
+    before, after = figures["held_out_before"], figures["held_out_after"]
+    # single tokens learn to say how large the object covering them is
+    assert after["token_size_correlation"] > max(before["token_size_correlation"], 0.0) + 0.3
+    assert "size_correlation" not in after  # the pooled size head is its own option
 
 
 def test_pretraining_rate_schedule_is_the_configured_one(tmp_path):
