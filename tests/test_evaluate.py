@@ -24,6 +24,14 @@ def lone_shape_rows():
     return rows, Instance((x1 / w, y1 / h, x2 / w, y2 / h))
 
 
+def share_rows(n: int, prompts: dict, seed: int = 4) -> list[dict]:
+    """Stage-1 rows of `n` held-out-style scenes (2-4 shapes, distractors sharing an
+    attribute), the image after the question."""
+    return list(build_grpo_stage1(synthetic_records(n, seed=seed, objects=(2, 4),
+                                                    distractors="share"), prompts,
+                                  BuildConfig(image_after_text=True)))
+
+
 def test_scoring_predictions_by_hand():
     rows, exact = lone_shape_rows()
     good = Prediction("", [], [exact], True)
@@ -147,9 +155,7 @@ def test_shuffled_expressions_keep_kinds_and_scenes():
     from rl.evaluate import shuffled_rows
 
     prompts = load_prompts()
-    rows = list(build_grpo_stage1(synthetic_records(40, seed=4, objects=(2, 4),
-                                                    distractors="share"), prompts,
-                                  BuildConfig(image_after_text=True)))
+    rows = share_rows(40, prompts)
     out = shuffled_rows(rows, prompts, seed=1)
     assert out == shuffled_rows(rows, prompts, seed=1)
     by_id = {r["id"]: r for r in rows}
@@ -177,9 +183,7 @@ def test_retargeted_expressions_keep_rows_and_name_one_object_of_their_own_scene
     from rl.evaluate import retargeted_rows
 
     prompts = load_prompts()
-    rows = list(build_grpo_stage1(synthetic_records(40, seed=4, objects=(2, 4),
-                                                    distractors="share"), prompts,
-                                  BuildConfig(image_after_text=True)))
+    rows = share_rows(40, prompts)
     out = retargeted_rows(rows, prompts, seed=1)
     assert out == retargeted_rows(rows, prompts, seed=1)
     for a, b in zip(rows, out, strict=True):
@@ -209,9 +213,7 @@ def test_a_perfect_reader_falls_far_below_chance_when_shuffled_and_to_chance_ret
     from rl.evaluate import retargeted_rows, shuffled_rows
 
     prompts = load_prompts()
-    rows = list(build_grpo_stage1(synthetic_records(400, seed=5, objects=(2, 4),
-                                                    distractors="share"), prompts,
-                                  BuildConfig()))
+    rows = share_rows(400, prompts, seed=5)
 
     def reader(row):
         views = [SceneView(**v) for v in json.loads(row["scene"])]

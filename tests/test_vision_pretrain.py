@@ -104,31 +104,25 @@ def test_pretraining_trains_only_the_tower_and_sets_the_token_norm(tmp_path):
     assert float(tokens.norm(dim=-1).mean()) == pytest.approx(1.0, rel=0.15)
 
 
-def test_size_regression_is_trained_only_when_asked(tmp_path):
+@pytest.mark.parametrize("option, figure", [
+    ("size", "size_correlation"),              # from an object's pooled tokens
+    ("size_tokens", "token_size_correlation"),  # from every token it covers most
+])
+def test_size_regression_is_trained_only_when_asked(tmp_path, option, figure):
     from rl.models import build_tiny_qwen2_5_vl
 
     sized = build_tiny_qwen2_5_vl(tmp_path / "sized", seed=1, vision_pretrain={
-        "steps": 60, "scenes": 80, "output_norm": 1.0, "size": True})
+        "steps": 60, "scenes": 80, "output_norm": 1.0, option: True})
     figures = json.loads((sized / "vision_pretrain.json").read_text())
     before, after = figures["held_out_before"], figures["held_out_after"]
-    # the head learns to order the objects by size from their pooled tokens
-    assert after["size_correlation"] > max(before["size_correlation"], 0.0) + 0.3
+    # the head learns to order the objects by size
+    assert after[figure] > max(before[figure], 0.0) + 0.3
+    other = {"size_correlation", "token_size_correlation"} - {figure}
+    assert not other & set(after)  # each size head is its own option
     plain = build_tiny_qwen2_5_vl(tmp_path / "plain", seed=1, vision_pretrain={
         "steps": 2, "scenes": 8, "output_norm": 1.0})
-    assert "size_correlation" not in json.loads(
-        (plain / "vision_pretrain.json").read_text())["held_out_after"]
-
-
-def test_per_token_size_regression(tmp_path):
-    from rl.models import build_tiny_qwen2_5_vl
-
-    sized = build_tiny_qwen2_5_vl(tmp_path / "tokens", seed=1, vision_pretrain={
-        "steps": 60, "scenes": 80, "output_norm": 1.0, "size_tokens": True})
-    figures = json.loads((sized / "vision_pretrain.json").read_text())
-    before, after = figures["held_out_before"], figures["held_out_after"]
-    # single tokens learn to say how large the object covering them is
-    assert after["token_size_correlation"] > max(before["token_size_correlation"], 0.0) + 0.3
-    assert "size_correlation" not in after  # the pooled size head is its own option
+    assert figure not in json.loads((plain / "vision_pretrain.json").read_text())[
+        "held_out_after"]
 
 
 def test_pretraining_rate_schedule_is_the_configured_one(tmp_path):
