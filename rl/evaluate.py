@@ -429,6 +429,15 @@ def retargeted_rows(rows: Sequence[dict], prompts: dict, seed: int = 0) -> list[
     return out
 
 
+def reader_gap(scores: Sequence[SampleScore], rows: Sequence[dict]) -> dict | None:
+    """Referent hits against the rows' `reader_rate` (what a reader of every expression scores
+    on `retargeted_rows`), row by row over the single-target rows (`rl.metrics.minus_rate`:
+    `rate`, `difference`, `interval`, `samples`); None when no row has both."""
+    hits = [(float(sc.referent), r["reader_rate"]) for sc, r in zip(scores, rows, strict=True)
+            if sc.referent is not None and r.get("reader_rate") is not None]
+    return minus_rate([h for h, _ in hits], [r for _, r in hits]) if hits else None
+
+
 def answer_tokens_per_instance(processor, preds: Sequence[Prediction]) -> float | None:
     """Tokenizer tokens inside the `<answer>` blocks (proposal and every refinement round) per
     proposed instance, over the predictions that proposed any: what a mask costs in tokens."""
@@ -563,10 +572,7 @@ def main(argv=None) -> dict:
             retargeted = retargeted_rows(rows, prompts, a.seed)
             _, scored = predict_and_score(model, retargeted, ctx, settings)
             control = report(scored, names)
-            hits = [(float(sc.referent), r["reader_rate"]) for sc, r in zip(scored, retargeted,
-                                                                          strict=True)
-                    if sc.referent is not None and r["reader_rate"] is not None]
-            reader = minus_rate([h for h, _ in hits], [r for _, r in hits]) if hits else None
+            reader = reader_gap(scored, retargeted)
             results_meta["retargeted_expression"] = {**control, "minus_reader_rate": reader}
             line = ""
             if reader:

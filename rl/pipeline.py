@@ -563,8 +563,8 @@ class Pipeline:
         """Score the final model on a control's rows (`<name>_expression` in `controls`), with
         the paired real - control referent accuracy and, where the rows give a reader's rate,
         accuracy - that rate row by row (`minus_reader_rate`); log one line."""
-        from rl.evaluate import evaluate_rows
-        from rl.metrics import minus_rate, paired_difference
+        from rl.evaluate import evaluate_rows, reader_gap
+        from rl.metrics import paired_difference
 
         m, preds = evaluate_rows(model, rows, self.ctx, settings)
         m["model"], m["refinement_rounds"] = final, settings.rounds
@@ -580,11 +580,8 @@ class Pipeline:
                 self.metrics["controls"][f"real_minus_{name}_referent"] = d
                 gap = f"; real - {name} {d['difference']:+.3f}{_ci(d)}"
         reader = ""
-        hits = [(float(p.score.referent), r["reader_rate"]) for p, r in zip(preds, rows,
-                                                                              strict=True)
-                if p.score.referent is not None and r.get("reader_rate") is not None]
-        if hits:
-            d = minus_rate([h for h, _ in hits], [r for _, r in hits])
+        d = reader_gap([p.score for p in preds], rows)
+        if d is not None:
             m["reader_rate"], m["minus_reader_rate"] = d.pop("rate"), d
             reader = (f"; a reader of every expression {_fmt(m['reader_rate'])}, difference "
                       f"{d['difference']:+.3f}{_ci(d)}")

@@ -168,7 +168,8 @@ def _tower_with_head(visual, size: tuple[float, float] | None = None,
 
         @torch.no_grad()
         def accuracy(self, batch) -> dict:
-            logits = self(**batch)["logits"]
+            res = self(**batch)
+            logits = res["logits"]
             out = {"shape": float((logits[:, :len(SHAPES)].argmax(1) == batch["shape"])
                                   .float().mean()),
                    "colour": float((logits[:, len(SHAPES):n_cls].argmax(1) == batch["colour"])
@@ -178,7 +179,7 @@ def _tower_with_head(visual, size: tuple[float, float] | None = None,
                 out["size_correlation"] = float(torch.corrcoef(pairs)[0, 1])
             if self.token_head is not None:  # the same from single tokens
                 out["token_size_correlation"] = float(torch.corrcoef(
-                    torch.stack(self(**batch)["token_sizes"]))[0, 1])
+                    torch.stack(res["token_sizes"]))[0, 1])
             return out
 
     return TowerWithHead()

@@ -300,8 +300,9 @@ def retarget(views: Sequence[SceneView], kind: str, rng: np.random.Generator,
             ok = len(got) >= 2
         else:
             ok = not got
-        if ok and text not in found.setdefault(tuple(sorted(got)), []):
-            found[tuple(sorted(got))].append(text)
+        texts = found.setdefault(tuple(sorted(got)), []) if ok else None
+        if texts is not None and text not in texts:
+            texts.append(text)
     if not found:
         raise ValueError(f"no {kind} expression names anything in this scene")
     if kind in SINGLE_TARGET_KINDS:
