@@ -117,11 +117,30 @@ S1_BOX = ans("<box><grid_0_0><grid_2_2></box>")  # (.125, .125, .625, .625)
     (("<off_-1_-1>", "<off_-1_-1>"), 1.0),  # exact now
     (("<off_-1_-1>", "<off_0_0>"), 1.0),  # better
     (("<off_0_0>", "<off_0_0>"), 0.0),  # moves nothing when moves were needed
-    (("<off_1_1>", "<off_1_1>"), 0.0),  # worse
+    (("<off_1_1>", "<off_1_1>"), -1.0),  # worse
 ])
 def test_box_refine_by_hand(box_ops, expected):
     text = ans(off(box=list(box_ops)))
     assert call("box_refine", [text], S1_BOX, SOL_BOX) == [expected]
+
+
+def test_box_refine_blind_moves_do_not_pay():
+    # The paper's form (worse_value=0) scores a worse box as a box left alone, so a policy
+    # that moves every corner one way gains on the boxes it happens to improve and loses
+    # nothing on the others; with worse boxes at -1 a blind shift scores below keeping.
+    keep = ans(off(box=["<off_0_0>", "<off_0_0>"]))
+    shifts = [ans(off(box=[f"<off_{dx}_{dy}>"] * 2)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)
+              if (dx, dy) != (0, 0)]
+    boxes = ["<box><grid_0_0><grid_2_2></box>", "<box><grid_1_1><grid_3_3></box>",
+             "<box><grid_0_1><grid_2_3></box>", "<box><grid_1_0><grid_3_2></box>"]
+    sol = make_solution(8, 8, [rect(2, 6, 2, 6)])  # (.25, .25, .75, .75)
+    for worse, pays in ((-1.0, False), (0.0, True)):
+        kept = [call("box_refine", [keep], ans(b), sol, worse_value=worse)[0] for b in boxes]
+        moved = [v for b in boxes for v in call("box_refine", shifts, ans(b), sol,
+                                                 worse_value=worse)]
+        assert bool(np.mean(moved) > np.mean(kept)) is pays, (worse, moved, kept)
+    with pytest.raises(ValueError, match="worse_value must lie in"):
+        build_reward("box_refine", worse_value=0.5)
 
 
 def test_box_refine_exact_box_and_none():
@@ -129,7 +148,7 @@ def test_box_refine_exact_box_and_none():
     stage1 = ans("<box><grid_0_0><grid_1_1></box>")
     keep = ans(off(box=["<off_0_0>", "<off_0_0>"]))
     move = ans(off(box=["<off_1_0>", "<off_0_0>"]))
-    assert call("box_refine", [keep, move], stage1, sol) == [1.0, 0.0]
+    assert call("box_refine", [keep, move], stage1, sol) == [1.0, -1.0]  # exact, then worse
     assert call("box_refine", [keep], stage1, sol, exact_value=0.5) == [0.5]
     assert call("box_refine", ["x"], ans("<seg><grid_0_0></seg>"), sol) == [None]
 
@@ -199,7 +218,7 @@ def test_fuzz_never_raises_and_stays_in_range(texts, stage1):
     for name in STAGE2_REWARDS:
         out = call(name, texts, stage1, sol, image=red_square_image())
         assert len(out) == len(texts)
-        lo = 0.0 if name in ("refine_format", "box_refine") else -1.0
+        lo = 0.0 if name == "refine_format" else -1.0
         for v in out:
             assert v is None and name != "refine_format" or lo <= v <= 1.0, (name, v)
 
