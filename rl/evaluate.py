@@ -27,6 +27,7 @@ on what can be read from them, never skipped.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -151,10 +152,16 @@ class EvalSettings:
 
 
 def predict(model, prompts: Sequence[list], images: Sequence, ctx: RunContext,
-            settings: EvalSettings) -> list[Prediction]:
+            settings: EvalSettings, start: Sequence[Prediction] | None = None
+            ) -> list[Prediction]:
     """Propose, then refine `settings.rounds` times: each round the conversation gains the last
     answer and the refinement request (`ctx.prompts["stage2"]`), and the offsets move the
-    current points. Proposals are read with `ctx.codec`; refinement needs grid tokens."""
+    current points. Proposals are read with `ctx.codec`; refinement needs grid tokens.
+
+    `start`: this model's predictions on the same prompts with fewer rounds (from an earlier
+    call); they are continued (copies; `start` is left as it was) up to `settings.rounds`
+    instead of generated again. Greedy decoding makes the result the same as a call without
+    `start` (the same conversations in the same batches)."""
     codec, vocab = ctx.codec, ctx.vocab
     if settings.rounds and codec.name != "grid":
         raise ValueError(f"refinement rounds need grid/offset tokens, not codec {codec.name!r}")
@@ -165,13 +172,26 @@ def predict(model, prompts: Sequence[list], images: Sequence, ctx: RunContext,
         return generate(model, ctx.processor, convs, imgs, settings.max_new_tokens,
                         settings.batch_size)
 
-    first = gen(list(prompts), list(images))
-    preds = []
-    for text in first:
-        ans = codec.parse_answer(text)
-        preds.append(Prediction(text, [], ans.instances, ans.well_formed, answers=[ans]))
-    convs = [list(p) + [assistant_turn(t)] for p, t in zip(prompts, first, strict=True)]
-    for _ in range(settings.rounds):
+    if start is None:
+        first = gen(list(prompts), list(images))
+        preds = []
+        for text in first:
+            ans = codec.parse_answer(text)
+            preds.append(Prediction(text, [], ans.instances, ans.well_formed, answers=[ans]))
+        convs = [list(p) + [assistant_turn(t)] for p, t in zip(prompts, first, strict=True)]
+        done = 0
+    else:
+        if len(start) != len(prompts):
+            raise ValueError(f"{len(start)} predictions to continue for {len(prompts)} prompts")
+        preds = [dataclasses.replace(copy.deepcopy(p), score=None) for p in start]
+        convs = []
+        for prompt, pred in zip(prompts, preds, strict=True):
+            conv = list(prompt) + [assistant_turn(pred.stage1)]
+            for text in pred.refinements:
+                conv += [user_turn(ctx.prompts["stage2"]), assistant_turn(text)]
+            convs.append(conv)
+        done = max((len(p.refinements) for p in preds), default=0)
+    for _ in range(settings.rounds - done):
         active = [k for k, p in enumerate(preds) if p.instances]
         if not active:
             break

@@ -506,7 +506,9 @@ class Pipeline:
 
     def _rounds_curve(self, model, current: Path) -> list:
         """The final model on the held-out scenes after 0, 1, ..., `eval.rounds_curve`
-        refinement rounds (one prediction pass; rl.evaluate.rounds_curve)."""
+        refinement rounds (one prediction pass; rl.evaluate.rounds_curve). The final stage's
+        evaluation in this process already holds its first `eval.rounds` rounds: they are
+        continued, not generated again (the same predictions, tested)."""
         from rl.evaluate import EvalSettings, curve_line, predict, rounds_curve
         from rl.models import load_model
 
@@ -516,8 +518,13 @@ class Pipeline:
         e = self.cfg.eval
         settings = EvalSettings(e.rounds_curve, e.max_new_tokens, e.batch_size)
         rows = self.eval_rows
+        start = None
+        if (self.last_evaluated == current.name
+                and self.metrics["evaluation"][current.name]["refinement_rounds"]
+                <= e.rounds_curve):
+            start = self.last_predictions
         preds = predict(model, [r["prompt"] for r in rows], [r["image"] for r in rows],
-                        self.ctx, settings)
+                        self.ctx, settings, start=start)
         curve, _ = rounds_curve(preds, rows, self.ctx, e.rounds_curve)
         self.metrics["rounds_curve"] = {"model": current.name, "curve": curve}
         self.metrics["seconds"]["rounds_curve"] = time.perf_counter() - t0

@@ -344,3 +344,49 @@ def test_targets_score_the_ceiling_the_codec_leaves(tmp_path):
         main(["--targets", "--recipe", str(recipe), "--model", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--targets", "--split", "eval"])
+
+
+def test_predict_continues_earlier_rounds_as_if_generated_again():
+    from rl.evaluate import at_round, predict
+
+    v = SpatialVocab(8)
+    rows = list(build_grpo_stage1(synthetic_records(3, seed=2), load_prompts(),
+                                  BuildConfig(vocab=v)))
+    ctx = RunContext(vocab=v, codec=GridCodec(v), decoder_spec=RegionDecoder(), processor=None,
+                     prompts={"stage2": "Refine."})
+    calls = []
+
+    def scripted(convs, images, max_new_tokens):
+        """A proposal per row (none for the third row); each round moves the point one way,
+        depending on the round."""
+        calls.append(len(convs))
+        out = []
+        for conv, image in zip(convs, images, strict=True):
+            turns = sum(t["role"] == "assistant" for t in conv)
+            if turns == 0:
+                out.append("<think></think>\n<answer>\n" + (
+                    "" if image is rows[2]["image"] else
+                    "<box><grid_1_1><grid_4_4></box><seg><grid_2_2></seg>\n") + "</answer>")
+            else:
+                op = ["<off_1_0>", "<off_0_1>", "<off_-1_0>"][turns - 1]
+                out.append("<think></think>\n<answer>\n<offset><box><off_0_0><off_0_0></box>"
+                           "<seg>" + op + "</seg></offset>\n</answer>")
+        return out
+
+    prompts, images = [r["prompt"] for r in rows], [r["image"] for r in rows]
+    full = predict(None, prompts, images, ctx, EvalSettings(rounds=3, generator=scripted))
+    assert calls == [3, 2, 2, 2]  # the proposal, then three rounds of the two with a proposal
+    calls.clear()
+    one = predict(None, prompts, images, ctx, EvalSettings(rounds=1, generator=scripted))
+    kept = [(p.refinements[:], p.instances[:]) for p in one]
+    calls.clear()
+    more = predict(None, prompts, images, ctx, EvalSettings(rounds=3, generator=scripted),
+                   start=one)
+    assert calls == [2, 2]  # rounds 2 and 3 only
+    assert [(p.refinements, p.instances) for p in one] == kept  # the start is not changed
+    for a, b in zip(full, more, strict=True):
+        assert (a.stage1, a.refinements, a.instances, a.parsed) == (
+            b.stage1, b.refinements, b.instances, b.parsed)
+        assert [at_round(a, r).instances for r in range(4)] == [
+            at_round(b, r).instances for r in range(4)]
+    assert full[0].instances != full[0].before_rounds[0]  # the rounds moved something
