@@ -154,6 +154,11 @@ class SFTStageConfig:
     # The second pass's peak learning rate (null: `learning_rate`); it follows the cold start's
     # schedule type over its own steps.
     policy_refinement_learning_rate: float | None = None
+    # Box-corner targets of those dialogues: "corner", the offset nearest the true corner
+    # (method §5); "mask", nearest among the offsets whose moved box decodes to the best mask;
+    # "gain", (0, 0) unless a move decodes to a better mask, then as "mask"
+    # (rl.data.policy_refinement).
+    policy_refinement_box: str = "corner"
     # The vision tower takes no gradient in the cold start (its weights stay as loaded); "merger":
     # only its patch merger (the last RMSNorm and MLP, which map the tower to the language
     # model's embeddings) is frozen, so the blocks learn while the tower's output stays on the
@@ -434,6 +439,9 @@ def check(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}.sft.policy_refinement_steps: {cfg.sft.policy_refinement_steps} "
                           f"steps of refinement dialogues, but sft.refinement is false (no "
                           f"refinement in the cold start); set it to 0")
+    if cfg.sft.policy_refinement_box not in ("corner", "mask", "gain"):
+        raise ConfigError(f"{where}.sft.policy_refinement_box: expected corner, mask or gain, not "
+                          f"{cfg.sft.policy_refinement_box!r}")
     if cfg.codec != "grid":
         asks = [k for k, on in (("sft.refinement", cfg.sft.enabled and cfg.sft.refinement),
                                 ("sft.policy_refinement_steps",

@@ -706,8 +706,10 @@ class Pipeline:
                              [r["image"] for r in rows], cfg.grpo_stage1.max_completion_length,
                              cfg.eval.batch_size)
         skipped: dict = {}
-        dialogues = policy_refinement_rows(rows, proposals, self.codec, self.vocab, self.prompts,
-                                           skipped)
+        dialogues = policy_refinement_rows(
+            rows, proposals, self.codec, self.vocab, self.prompts, skipped,
+            box_target=sft.policy_refinement_box,
+            decoder=self.ctx.decoder() if sft.policy_refinement_box != "corner" else None)
         self.metrics["sft_second_pass"] = {"scenes": len(rows), "dialogues": len(dialogues),
                                            "left_out": skipped}
         if not dialogues:

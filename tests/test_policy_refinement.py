@@ -53,3 +53,55 @@ def test_dialogues_follow_the_proposals_and_skip_empty_ones():
     assert d["completion"][0]["content"][0]["text"] == (
         "<think></think>\n<answer>\n<offset><box><off_1_1><off_0_-1></box>"
         "<seg><off_0_0><off_-1_0></seg></offset>\n</answer>")
+
+
+def object_image():
+    # The object of `object_solution` painted on a black 40x40 image (the region decoder's
+    # one colour region).
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[10:20, 10:25] = (200, 40, 40)
+    return img
+
+
+def test_box_targets_by_the_decoded_mask():
+    from tokens.decoders import RegionDecoder
+
+    gt, img, dec = parse_solution(object_solution()), object_image(), RegionDecoder()
+    inside = [(0.375, 0.375)]  # pixel (15, 15), on the object
+
+    # A loose box, pixels (5, 5)-(25, 25): grown by a quarter of its side it holds the whole
+    # object, and so does every box one move away. The nearest corners are (1, 1) and (0, -1)
+    # (as in test_targets_by_hand); their masks are among the best, so "mask" keeps them;
+    # "gain" moves nothing, since no move decodes to a better mask.
+    loose = Instance((0.125, 0.125, 0.625, 0.625), inside)
+    for target, box in (("corner", [(1, 1), (0, -1)]), ("mask", [(1, 1), (0, -1)]),
+                        ("gain", [(0, 0), (0, 0)])):
+        assert refinement_lines([loose], gt, V4, target, dec, img)[0][0] == box, target
+
+    # A box that clips its object: pixels (10, 10)-(15, 20), 5 wide, so grown by 1.25 px it
+    # keeps columns 10-16 of 10-24. The nearest corners are (0, 0) (the first is exact) and
+    # (1, 0). By the mask, the first corner opens to the left too: (-1, 0) puts x1 at pixel 5,
+    # the box 10 wide and grown by 2.5 px, so the mask reaches column 17 (x1 at 5 with y1 at 5,
+    # (-1, -1), decodes the same but lies farther from the true corner); the second corner's
+    # (1, 0) is already the best.
+    clipped = Instance((0.25, 0.25, 0.375, 0.5), inside)
+    assert refinement_lines([clipped], gt, V4)[0][0] == [(0, 0), (1, 0)]
+    for target in ("mask", "gain"):
+        assert refinement_lines([clipped], gt, V4, target, dec, img)[0][0] == [(-1, 0), (1, 0)]
+
+
+def test_box_targets_by_the_mask_need_the_image():
+    import pytest
+
+    gt = parse_solution(object_solution())
+    inst = Instance((0.125, 0.125, 0.625, 0.625), [(0.375, 0.375)])
+    with pytest.raises(ValueError, match="box_target"):
+        refinement_lines([inst], gt, V4, "nearest")
+    with pytest.raises(ValueError, match="decoder"):
+        refinement_lines([inst], gt, V4, "gain")
+    row = {"id": "r7", "prompt": [], "solution": object_solution()}
+    proposal = "<answer>\n<box><grid_0_0><grid_2_2></box><seg><grid_1_1></seg>\n</answer>"
+    with pytest.raises(ValueError, match="row r7: field image"):
+        policy_refinement_rows([row], [proposal], GridCodec(V4), V4,
+                               {"stage2": "Refine.", "think_refine": ""}, box_target="mask",
+                               decoder="region")

@@ -145,14 +145,16 @@ class SpatialVocab:
         s = self.offset_step
         return (min(1.0, max(0.0, x + dx * s)), min(1.0, max(0.0, y + dy * s)))
 
-    def best_offset(self, x: float, y: float, tx: float, ty: float) -> tuple[int, int]:
-        """The offset that brings (x, y) closest to (tx, ty); ties go to the smallest move."""
+    def best_offset(self, x: float, y: float, tx: float, ty: float,
+                    among=None) -> tuple[int, int]:
+        """The offset that brings (x, y) closest to (tx, ty); ties go to the smallest move.
+        `among`: the offsets to choose from (default: all)."""
 
         def key(d):
             px, py = self.apply_offset(x, y, *d)
             return ((px - tx) ** 2 + (py - ty) ** 2, abs(d[0]) + abs(d[1]), d)
 
-        return min(self.offsets(), key=key)
+        return min(self.offsets() if among is None else among, key=key)
 
     # ---- ids (need a tokenizer that was extended with this vocabulary) -------------------
     def token_ids(self, tokenizer) -> dict[str, int]:

@@ -8,33 +8,76 @@ target is what the stage-2 rewards score as right, computed against the ground t
 - each proposed instance is matched to a ground-truth object by the rewards' Hungarian matching
   (`rewards.matching.match`, §6);
 - a matched instance: each box corner gets the offset that brings it closest to the true corner
-  (`SpatialVocab.best_offset`), each point the target of its cell for the matched mask
+  (`SpatialVocab.best_offset`; with `box_target="mask"`, closest among the offsets whose moved
+  box decodes to the best mask, see below), each point the target of its cell for the matched mask
   (`tokens.offsets.grid_targets`: `<off_0_0>` inside, the deepest move into the mask from the
   ring, `<DELETE>` otherwise);
 - an unmatched instance (more instances than objects, or a no-target scene): every point
   `<DELETE>`, box corners left where they are (`<off_0_0>`).
 
 A proposal with no instance gets no dialogue: evaluation asks for no refinement then either.
+
+Box targets by the decoded mask (`box_target="mask"`). The nearest corner is the spec's target
+(method §5), but a model that cannot see where inside its cell the object's edge lies learns
+the marginal of those targets, and they are spread about evenly over all nine offsets: its
+greedy corner moves are then arbitrary (the default's round moved both corners by (-1, -1) and
+cost gIoU). What the mask decoder makes of a box is what the task scores: with "mask" each
+corner, moved by each offset with the other corner and the points as proposed, is decoded, and
+the target is the nearest corner among the offsets whose mask has the best IoU with the matched
+object (the nearest corner itself whenever its mask is among the best). A box that clips its
+object's mask is taught to open; the others keep the spec's target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from rewards.masks import iou_or_one
 from rewards.matching import match
 from rewards.solution import GroundTruth, parse_solution
 from rl.data.samples import assistant_turn, user_turn
 from tokens import SpatialVocab, serialize_refinement
 from tokens.answer import Instance
+from tokens.decoders import instance_masks
 from tokens.offsets import grid_targets
 from tokens.refine import Offset
 
 Line = tuple[list[Offset] | None, list[Offset | None] | None]
+BOX_TARGETS = ("corner", "mask", "gain")
 
 
-def refinement_lines(proposal: Sequence[Instance], gt: GroundTruth,
-                     vocab: SpatialVocab) -> list[Line]:
-    """(box offsets, point ops) for every proposed instance, in order (see the module doc)."""
+def _mask_corner_offsets(inst: Instance, target_mask, corners, vocab: SpatialVocab,
+                         decoder, image, frame, keep: bool) -> list[Offset]:
+    """Each box corner's target by the decoded mask (module doc): `corners` are the true
+    corners ((x1, y1), (x2, y2)); a move that would turn the box inside out is no candidate.
+    `keep`: (0, 0) whenever no move decodes to a better mask."""
+    x1, y1, x2, y2 = inst.box
+    cands = []
+    for c, (cx, cy) in enumerate(((x1, y1), (x2, y2))):
+        for d in vocab.offsets():
+            px, py = vocab.apply_offset(cx, cy, *d)
+            box = (px, py, x2, y2) if c == 0 else (x1, y1, px, py)
+            if box[0] <= box[2] and box[1] <= box[3]:
+                cands.append((c, d, Instance(box, list(inst.points))))
+    masks = instance_masks(decoder, image, [i for _, _, i in cands], frame)
+    ious = [iou_or_one(m, target_mask) for m in masks]
+    out = []
+    for c, (cx, cy) in enumerate(((x1, y1), (x2, y2))):
+        best = max(u for (k, _, _), u in zip(cands, ious, strict=True) if k == c)
+        top = [d for (k, d, _), u in zip(cands, ious, strict=True) if k == c and u >= best - 1e-9]
+        out.append((0, 0) if keep and (0, 0) in top
+                   else vocab.best_offset(cx, cy, *corners[c], among=top))
+    return out
+
+
+def refinement_lines(proposal: Sequence[Instance], gt: GroundTruth, vocab: SpatialVocab,
+                     box_target: str = "corner", decoder=None, image=None) -> list[Line]:
+    """(box offsets, point ops) for every proposed instance, in order (see the module doc).
+    `box_target` "mask" or "gain" needs the mask `decoder` and the scene's `image`."""
+    if box_target not in BOX_TARGETS:
+        raise ValueError(f"box_target: expected one of {BOX_TARGETS}, not {box_target!r}")
+    if box_target != "corner" and (decoder is None or image is None):
+        raise ValueError('box_target "mask" needs the mask decoder and the scene\'s image')
     matching = match(proposal, gt)
     lines: list[Line] = []
     for i, inst in enumerate(proposal):
@@ -45,8 +88,13 @@ def refinement_lines(proposal: Sequence[Instance], gt: GroundTruth,
                 box_ops = [(0, 0), (0, 0)]
             else:
                 x1, y1, x2, y2 = (float(c) for c in gt.boxes_norm[g])
-                box_ops = [vocab.best_offset(inst.box[0], inst.box[1], x1, y1),
-                           vocab.best_offset(inst.box[2], inst.box[3], x2, y2)]
+                if box_target != "corner":
+                    box_ops = _mask_corner_offsets(inst, gt.masks[g], ((x1, y1), (x2, y2)),
+                                                   vocab, decoder, image, (gt.width, gt.height),
+                                                   keep=box_target == "gain")
+                else:
+                    box_ops = [vocab.best_offset(inst.box[0], inst.box[1], x1, y1),
+                               vocab.best_offset(inst.box[2], inst.box[3], x2, y2)]
         seg_ops = None
         if inst.points:
             if g is None:
@@ -62,10 +110,12 @@ def refinement_lines(proposal: Sequence[Instance], gt: GroundTruth,
 
 def policy_refinement_rows(rows: Iterable[Mapping], proposals: Iterable[str], codec,
                            vocab: SpatialVocab, prompts: Mapping[str, str],
-                           skipped: dict | None = None) -> list[dict]:
+                           skipped: dict | None = None, box_target: str = "corner",
+                           decoder=None) -> list[dict]:
     """SFT rows (prompt, completion, image, solution, stage1) of refinement dialogues, one per
     stage-1 row (`build_grpo_stage1` rows) whose proposal (the model's answer text, one per row)
-    has an instance. `skipped`, when given, counts the rows left out and why."""
+    has an instance. `skipped`, when given, counts the rows left out and why. `box_target` and
+    `decoder`: as `refinement_lines` (the rows' `image` is decoded)."""
     rows, proposals = list(rows), list(proposals)
     if len(rows) != len(proposals):
         raise ValueError(f"{len(proposals)} proposals for {len(rows)} rows")
@@ -77,7 +127,11 @@ def policy_refinement_rows(rows: Iterable[Mapping], proposals: Iterable[str], co
             skipped["no instance proposed"] = skipped.get("no instance proposed", 0) + 1
             continue
         gt = parse_solution(row["solution"], row=row.get("id", n))
-        lines = refinement_lines(instances, gt, vocab)
+        if box_target != "corner" and row.get("image") is None:
+            raise ValueError(f"row {row.get('id', n)}: field image: box targets by the decoded "
+                             "mask need the scene's image")
+        lines = refinement_lines(instances, gt, vocab, box_target, decoder,
+                                 row.get("image") if box_target != "corner" else None)
         target = serialize_refinement(lines, think=prompts["think_refine"], vocab=vocab)
         out.append({**row, "task": "refine_policy",
                     "prompt": list(row["prompt"]) + [assistant_turn(text),
