@@ -8,8 +8,8 @@ target is what the stage-2 rewards score as right, computed against the ground t
 - each proposed instance is matched to a ground-truth object by the rewards' Hungarian matching
   (`rewards.matching.match`, §6);
 - a matched instance: each box corner gets the offset that brings it closest to the true corner
-  (`SpatialVocab.best_offset`; with `box_target="mask"`, closest among the offsets whose moved
-  box decodes to the best mask, see below), each point the target of its cell for the matched mask
+  (`SpatialVocab.best_offset`; with `box_target` "mask" or "gain", by the decoded mask, see
+  below), each point the target of its cell for the matched mask
   (`tokens.offsets.grid_targets`: `<off_0_0>` inside, the deepest move into the mask from the
   ring, `<DELETE>` otherwise);
 - an unmatched instance (more instances than objects, or a no-target scene): every point
@@ -17,15 +17,18 @@ target is what the stage-2 rewards score as right, computed against the ground t
 
 A proposal with no instance gets no dialogue: evaluation asks for no refinement then either.
 
-Box targets by the decoded mask (`box_target="mask"`). The nearest corner is the spec's target
-(method §5), but a model that cannot see where inside its cell the object's edge lies learns
-the marginal of those targets, and they are spread about evenly over all nine offsets: its
-greedy corner moves are then arbitrary (the default's round moved both corners by (-1, -1) and
-cost gIoU). What the mask decoder makes of a box is what the task scores: with "mask" each
-corner, moved by each offset with the other corner and the points as proposed, is decoded, and
-the target is the nearest corner among the offsets whose mask has the best IoU with the matched
-object (the nearest corner itself whenever its mask is among the best). A box that clips its
-object's mask is taught to open; the others keep the spec's target.
+Box targets by the decoded mask (`box_target` "mask" or "gain"). The nearest corner is the
+spec's target (method §5), but a model that cannot see where inside its cell the object's edge
+lies learns the marginal of those targets, and they are spread about evenly over all nine
+offsets: its greedy corner moves are then arbitrary (the default's round moved both corners by
+(-1, -1) and cost gIoU). What the mask decoder makes of a box is what the task scores: with
+"mask" each corner, moved by each offset with the other corner and the points as proposed, is
+decoded, and the target is the nearest corner among the offsets whose mask has the best IoU
+with the matched object (the nearest corner itself whenever its mask is among the best). A box
+that clips its object's mask is taught to open; the others keep the spec's target. With
+"gain" (the default recipe's) a corner's target is `<off_0_0>` whenever no move decodes to a
+better mask, so only the moves that change the decoded mask for the better are taught (on the
+default's own proposals: keep on 1,780 of 2,018 box lines, against 62 with the nearest corner).
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def refinement_lines(proposal: Sequence[Instance], gt: GroundTruth, vocab: Spati
     if box_target not in BOX_TARGETS:
         raise ValueError(f"box_target: expected one of {BOX_TARGETS}, not {box_target!r}")
     if box_target != "corner" and (decoder is None or image is None):
-        raise ValueError('box_target "mask" needs the mask decoder and the scene\'s image')
+        raise ValueError(f"box_target {box_target!r} needs the mask decoder and the scene's "
+                         f"image")
     matching = match(proposal, gt)
     lines: list[Line] = []
     for i, inst in enumerate(proposal):
