@@ -439,8 +439,11 @@ def check(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}.sft.policy_refinement_steps: {cfg.sft.policy_refinement_steps} "
                           f"steps of refinement dialogues, but sft.refinement is false (no "
                           f"refinement in the cold start); set it to 0")
-    if cfg.sft.policy_refinement_box not in ("corner", "mask", "gain"):
-        raise ConfigError(f"{where}.sft.policy_refinement_box: expected corner, mask or gain, not "
+    from rl.data.policy_refinement import BOX_TARGETS
+
+    if cfg.sft.policy_refinement_box not in BOX_TARGETS:
+        raise ConfigError(f"{where}.sft.policy_refinement_box: expected "
+                          f"{', '.join(BOX_TARGETS[:-1])} or {BOX_TARGETS[-1]}, not "
                           f"{cfg.sft.policy_refinement_box!r}")
     if cfg.codec != "grid":
         asks = [k for k, on in (("sft.refinement", cfg.sft.enabled and cfg.sft.refinement),
