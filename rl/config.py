@@ -156,8 +156,8 @@ class SFTStageConfig:
     policy_refinement_learning_rate: float | None = None
     # Box-corner targets of those dialogues: "corner", the offset nearest the true corner
     # (method §5); "mask", nearest among the offsets whose moved box decodes to the best mask;
-    # "gain", (0, 0) unless a move decodes to a better mask, then as "mask"
-    # (rl.data.policy_refinement).
+    # "gain", (0, 0) unless a move decodes to a better mask, then as "mask"; "open", the move
+    # among the best-decoding ones that leaves the largest box (rl.data.policy_refinement).
     policy_refinement_box: str = "corner"
     # The vision tower takes no gradient in the cold start (its weights stay as loaded); "merger":
     # only its patch merger (the last RMSNorm and MLP, which map the tower to the language

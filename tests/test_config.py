@@ -113,8 +113,8 @@ def test_codec_is_checked_and_text_codecs_refuse_refinement(tmp_path):
         load_config(ROOT / "configs" / "default.yaml", {"sft": {"refinement": False}})
     for path in sorted((ROOT / "configs" / "codecs").rglob("*.yaml")):
         assert load_config(path).sft.policy_refinement_steps == 0, path
-    with pytest.raises(ConfigError, match="sft.policy_refinement_box: expected corner, mask or "
-                                          "gain, not 'nearest'"):
+    with pytest.raises(ConfigError, match="sft.policy_refinement_box: expected corner, mask, "
+                                          "gain or open, not 'nearest'"):
         load_config(None, {"sft": {"policy_refinement_box": "nearest"}})
 
 

@@ -90,6 +90,31 @@ def test_box_targets_by_the_decoded_mask():
         assert refinement_lines([clipped], gt, V4, target, dec, img)[0][0] == [(-1, 0), (1, 0)]
 
 
+def test_open_box_targets_take_the_largest_box_among_the_best_masks():
+    from tokens.decoders import RegionDecoder
+
+    gt, img, dec = parse_solution(object_solution()), object_image(), RegionDecoder()
+    inside = [(0.375, 0.375)]
+    # Every move of the loose box decodes to the whole object (previous test): the largest
+    # box is both corners moved out, (-1, -1) and (1, 1).
+    loose = Instance((0.125, 0.125, 0.625, 0.625), inside)
+    assert refinement_lines([loose], gt, V4, "open", dec, img)[0][0] == [(-1, -1), (1, 1)]
+    # The clipping box: (-1, 0) and (-1, -1) decode the same for the first corner, (1, 0) and
+    # (1, 1) for the second (the object ends at row 19; the box grown by 2.5 px of its
+    # 10-px shorter side holds it either way): the larger of each pair.
+    clipped = Instance((0.25, 0.25, 0.375, 0.5), inside)
+    assert refinement_lines([clipped], gt, V4, "open", dec, img)[0][0] == [(-1, -1), (1, 1)]
+    # The true box is kept where opening it costs the mask: a second region (pixel columns
+    # 27-30, rows 12-17) under the instance's second point lies mostly outside the true box
+    # grown by 2.5 px (to column 27.5), so the decoder drops it; a taller box (grown by
+    # 3.75 px, to column 28.75) or a wider one takes it in (IoU 0.926 or 0.862 against 1).
+    # Only moving the first corner left keeps both the height and the mask.
+    img[12:18, 27:31] = (40, 200, 40)
+    exact = Instance((0.25, 0.25, 0.625, 0.5), inside + [(0.7, 0.35)])
+    assert refinement_lines([exact], gt, V4, "open", dec, img)[0][0] == [(-1, 0), (0, 0)]
+    assert refinement_lines([exact], gt, V4, "gain", dec, img)[0][0] == [(0, 0), (0, 0)]
+
+
 def test_box_targets_by_the_mask_need_the_image():
     import pytest
 
