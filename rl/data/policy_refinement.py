@@ -26,13 +26,14 @@ offsets: its greedy corner moves are then arbitrary (the default's round moved b
 decoded, and the target is the nearest corner among the offsets whose mask has the best IoU
 with the matched object (the nearest corner itself whenever its mask is among the best). A box
 that clips its object's mask is taught to open; the others keep the spec's target. With
-"gain" (the default recipe's) a corner's target is `<off_0_0>` whenever no move decodes to a
-better mask, so only the moves that change the decoded mask for the better are taught (on the
-default's own proposals: keep on 1,780 of 2,018 box lines, against 62 with the nearest corner).
-With "open" a corner's target is, among the best-decoding moves, the one that leaves the
-largest box: a box is opened by half a cell per side wherever that costs the decoded mask
-nothing, which a model blind to sub-cell edges can learn (on the same proposals: both corners
-opened on 1,952 of 2,018 box lines), and which pays wherever the proposed box clips its mask.
+"gain" (the default recipe's at 037eb15) a corner's target is `<off_0_0>` whenever no move
+decodes to a better mask, so only the moves that change the decoded mask for the better are
+taught (on the default's own proposals: keep on 1,780 of 2,018 box lines, against 62 with the
+nearest corner). With "open" (the default recipe's now) a corner's target is, among the
+best-decoding moves, the one that leaves the largest box: a box is opened by half a cell per
+side wherever that costs the decoded mask nothing, which a model blind to sub-cell edges can
+learn (on the same proposals: both corners opened on 1,952 of 2,018 box lines), and which pays
+wherever the proposed box clips its mask.
 """
 
 from __future__ import annotations
