@@ -223,8 +223,10 @@ class MaskGainReward(_Stage2Reward):
         gain = (u1 − u0)/(1 − u0)   when u1 ≥ u0 (the share of the possible gain reached),
                (u1 − u0)/u0         when u1 < u0 (the share of the IoU lost),
 
-    and 0 when u0 = u1 (also u0 = u1 = 1). Mean over stage-1 instances; None when there is
-    none. Range [−1, 1]. Needs the `image` column. Logs `mask_gain/u0`, `mask_gain/u1`.
+    and 0 when u0 = u1 < 1. A mask that was already exact and stays exact (u0 = u1 = 1, where
+    the spec's ratio is 0/0) scores `exact_value` (default 0), as `box_refine` pays an exact box
+    left alone. Mean over stage-1 instances; None when there is none. Range [−1, 1]. Needs the
+    `image` column. Logs `mask_gain/u0`, `mask_gain/u1`.
 
     The spec's `(u1 − u0)/(1 − u0)` for every u0 < 1 is unbounded below (u0 = 0.9, u1 = 0
     gives −9; u0 → 1 gives −517 and worse), so one bad refinement of a good proposal would
@@ -235,10 +237,14 @@ class MaskGainReward(_Stage2Reward):
     name = "mask_gain"
     value_range = (-1.0, 1.0)
 
-    def __init__(self, decoder="region", max_points: int = MAX_PROMPT_POINTS, **kwargs):
+    def __init__(self, decoder="region", max_points: int = MAX_PROMPT_POINTS,
+                 exact_value: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if not 0.0 <= float(exact_value) <= 1.0:
+            raise ValueError(f"mask_gain exact_value must lie in [0, 1], got {exact_value!r}")
         self.decoder = shared_decoder(decoder)
         self.max_points = max_points
+        self.exact_value = float(exact_value)
 
     @staticmethod
     def gain(u0: float, u1: float) -> float:
@@ -266,7 +272,7 @@ class MaskGainReward(_Stage2Reward):
                 target = gt.masks[j] if j is not None else np.zeros((gt.height, gt.width), bool)
                 u0 = iou_or_one(row_masks[k], target)
                 u1 = iou_or_one(row_masks[n + k], target)
-                gains.append(self.gain(u0, u1))
+                gains.append(self.exact_value if u0 == u1 == 1.0 else self.gain(u0, u1))
                 u0s.append(u0)
                 u1s.append(u1)
             out.append(float(np.mean(gains)))

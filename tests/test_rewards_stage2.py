@@ -191,6 +191,21 @@ def test_mask_gain_removing_a_false_positive_gains():
     assert call("mask_gain", ["x"], ans(), SOL_RED, image=red_square_image()) == [None]
 
 
+def test_mask_gain_exact_value_pays_an_exact_mask_kept_exact():
+    on, near = ans("<seg><grid_0_0></seg>"), ans("<seg><grid_2_0></seg>")  # u0 = 1, u0 = 0
+    img = red_square_image()
+    keep, lose = ans(off("<off_0_0>")), ans(off("<DELETE>"))
+    assert call("mask_gain", [keep, lose], on, SOL_RED, image=img, exact_value=1.0) == [1.0, -1.0]
+    # Only u0 = u1 = 1 is "exact": a background point left where it is (u0 = u1 = 0) still 0.
+    assert call("mask_gain", [keep], near, SOL_RED, image=img, exact_value=1.0) == [0.0]
+    # A kept exact mask and a removed false positive (u0 = 0 -> u1 = 1): (1 + 1) / 2.
+    stage1 = ans("<seg><grid_0_0></seg>", "<seg><grid_3_3></seg>")
+    text = ans(off("<off_0_0>"), off("<DELETE>"))
+    assert call("mask_gain", [text], stage1, SOL_RED, image=img, exact_value=1.0) == [1.0]
+    with pytest.raises(ValueError, match="exact_value must lie in"):
+        build_reward("mask_gain", vocab=V4, exact_value=2.0)
+
+
 # ---- hacks, ranges, fuzz -------------------------------------------------------------------------
 def test_moving_nothing_or_deleting_everything_does_not_pay():
     stage1 = ans("<box><grid_0_0><grid_2_2></box><seg><grid_0_0><grid_2_0><grid_3_3></seg>")
