@@ -80,7 +80,8 @@ def grpo_trainer(stage: GRPOStageConfig, stage_name: str, ctx: RunContext, model
     own = dict(
         **common_args(stage, ctx, max_steps), num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length, temperature=stage.temperature,
-        beta=stage.beta, loss_type=stage.loss_type, scale_rewards=stage.scale_rewards,
+        min_p=stage.min_p or None, beta=stage.beta, loss_type=stage.loss_type,
+        scale_rewards=stage.scale_rewards,
         reward_weights=weights,
         use_vllm=stage.use_vllm, **({"vllm_mode": stage.vllm_mode} if stage.use_vllm else {}),
         log_completions=stage.log_completions,

@@ -149,6 +149,17 @@ def test_sft_shares_are_checked(key):
         load_config(None, {"sft": {key: 1.5}})
 
 
+def test_min_p_is_checked_and_reaches_trl():
+    from trl import GRPOConfig
+
+    cfg = load_config(None, {"grpo_stage2": {"min_p": 0.1}})
+    assert cfg.grpo_stage2.min_p == 0.1 and "min_p" in GRPOConfig.__dataclass_fields__
+    with pytest.raises(ConfigError, match=r"grpo_stage2.min_p: expected a share in \[0, 1\)"):
+        load_config(None, {"grpo_stage2": {"min_p": 1.0}})
+    with pytest.raises(ConfigError, match="extra_args.min_p"):  # one place sets it
+        load_config(None, {"grpo_stage2": {"extra_args": {"min_p": 0.1}}})
+
+
 def test_extra_args_may_not_set_what_a_recipe_field_sets():
     from rl.config import (
         GRPO_TRAINER_ARG_FIELDS,

@@ -33,10 +33,13 @@ def trainer_for(model_dir, out, **stage_fields):
 def test_loss_type_and_reward_scaling_reach_trl(grid8_model, tmp_path):
     default = trainer_for(grid8_model, tmp_path / "a")
     assert (default.args.loss_type, default.args.scale_rewards) == ("grpo", "group")
+    assert default.args.min_p is None and default.generation_config.min_p is None
     dr = trainer_for(grid8_model, tmp_path / "b", loss_type="dr_grpo", scale_rewards="none",
-                     temperature=0.7)
+                     temperature=0.7, min_p=0.1)
     assert (dr.args.loss_type, dr.args.scale_rewards, dr.args.temperature) == (
         "dr_grpo", "none", 0.7)
+    # min_p reaches the sampler that stage 2's rollout copies (rl.rollout.transformers_generate)
+    assert dr.args.min_p == 0.1 and dr.generation_config.min_p == 0.1
 
 
 
