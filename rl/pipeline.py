@@ -299,6 +299,18 @@ class Pipeline:
             if vals:
                 out[key] = {"first_fifth": float(np.mean(vals[:k])),
                             "last_fifth": float(np.mean(vals[-k:]))}
+        with_proposal = [(e["reward"], 1.0 - e["refine_format/no_proposal"]) for e in entries
+                         if e.get("refine_format/no_proposal") is not None]
+        if len(with_proposal) == len(entries):
+            # Stage 2: a sample whose proposal is empty scores 0 on every term (nothing to
+            # refine), so the logged mean falls when a fifth's prompts draw more empty
+            # proposals. Over the samples with a proposal (every logging step has as many
+            # samples): the fifth's summed reward over its summed share with a proposal.
+            def per_proposal(part):
+                share = sum(w for _, w in part)
+                return float(sum(r for r, _ in part) / share) if share > 0 else math.nan
+            out["reward/with_proposal"] = {"first_fifth": per_proposal(with_proposal[:k]),
+                                           "last_fifth": per_proposal(with_proposal[-k:])}
         self.metrics["rewards"][name] = out
         return out
 

@@ -189,6 +189,31 @@ def test_stage2_is_one_on_policy_trainer_with_signal_shares_logged(run):
     assert {"point_refine/nonzero", "box_refine/nonzero", "mask_gain/nonzero",
             "refine_format/complete"} <= logged
     assert "point_refine/nonzero" in metrics["rewards"]["grpo_stage2"]
+    entries = [e for e in hist if "reward" in e]
+    first = metrics["rewards"]["grpo_stage2"]["reward/with_proposal"]["first_fifth"]
+    share = 1.0 - entries[0]["refine_format/no_proposal"]  # 2 steps: a fifth is one entry
+    if share > 0:
+        assert first == pytest.approx(entries[0]["reward"] / share)
+
+
+def test_stage2_reward_over_samples_with_a_proposal():
+    # Stage 2's logged reward counts an empty proposal's samples as 0; the summary also gives
+    # the mean over the samples with a proposal: per fifth, summed reward / summed share.
+    from types import SimpleNamespace
+
+    from rl.pipeline import Pipeline
+
+    hist = [{"reward": r, "refine_format/no_proposal": p, "step": i}
+            for i, (r, p) in enumerate([(1.0, 0.5), (0.9, 0.1), (1.2, 0.0), (1.0, 0.0),
+                                        (0.6, 0.5), (1.5, 0.25)])]
+    holder = SimpleNamespace(metrics={"rewards": {}})
+    out = Pipeline.reward_summary(holder, "grpo_stage2", hist)
+    assert out["reward"]["first_fifth"] == pytest.approx(1.0)  # fifth of 6 entries: 1 entry
+    assert out["reward/with_proposal"]["first_fifth"] == pytest.approx(1.0 / 0.5)
+    assert out["reward/with_proposal"]["last_fifth"] == pytest.approx(1.5 / 0.75)
+    # Stage 1 (no `refine_format/no_proposal`) has no such entry.
+    stage1 = Pipeline.reward_summary(holder, "grpo_stage1", [{"reward": 1.0}] * 5)
+    assert "reward/with_proposal" not in stage1
 
 
 def test_rounds_curve_and_stage_comparisons(run):
