@@ -253,6 +253,11 @@ class EvalConfig:
     # this one the difference is the policy's. 0: off.
     reward_prompts: int = 0
     reward_samples: int = 8
+    # The same for stage 2 (its first `refinement_reward_prompts` training prompts): each policy
+    # proposes greedily and `reward_samples` refinements of its proposal are sampled and scored
+    # by stage 2's rewards, as its rollouts are. The logged fifths also move with the share of
+    # prompts whose proposal is empty (rewards `reward/with_proposal`). 0: off.
+    refinement_reward_prompts: int = 0
 
 
 @dataclass

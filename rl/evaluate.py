@@ -71,15 +71,17 @@ class Prediction:
 
 def generate(model, processor, conversations: Sequence[list], images: Sequence,
              max_new_tokens: int = 64, batch_size: int = 32, temperature: float | None = None,
-             samples: int = 1) -> list[str]:
+             samples: int = 1, min_p: float = 0.0) -> list[str]:
     """Completions for conversations (each with one image), decoded like TRL does: greedy, or
-    with `temperature` `samples` sampled ones per conversation (consecutive in the output)."""
+    with `temperature` (and `min_p`, 0: off) `samples` sampled ones per conversation
+    (consecutive in the output)."""
     import torch
 
     if temperature is None and samples != 1:
         raise ValueError(f"greedy decoding gives one completion per prompt, not {samples}")
     how = (dict(do_sample=False) if temperature is None else
-           dict(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=samples))
+           dict(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=samples,
+                **({"min_p": min_p} if min_p else {})))
 
     tok = getattr(processor, "tokenizer", processor)
     side = tok.padding_side
@@ -309,10 +311,13 @@ def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
 
 def sampled_rewards(model, rows: Sequence[dict], ctx: RunContext, stage, stage_name: str,
                     samples: int, seed: int = 0, max_new_tokens: int = 64,
-                    batch_size: int = 32) -> list[float]:
+                    batch_size: int = 32, proposal_tokens: int | None = None) -> list[float]:
     """Each row's mean weighted reward of stage `stage_name` (a GRPOStageConfig) over `samples`
-    completions sampled at the stage's temperature, scored by the stage's reward functions as
-    TRL scores them (a term that returns None counts 0, as in TRL's nansum).
+    completions sampled at the stage's temperature and `min_p`, scored by the stage's reward
+    functions as TRL scores them (a term that returns None counts 0, as in TRL's nansum).
+    For `grpo_stage2` the completions are refinements of the policy's own greedy proposal (at
+    most `proposal_tokens` tokens), after the refinement request, as on-policy stage 2 samples
+    them (rl.rollout).
 
     torch's random state is forked and seeded with `seed`: two policies are sampled with the
     same seed, and the caller's random state (a training run's) is left as it was. Fixed rows
@@ -326,19 +331,30 @@ def sampled_rewards(model, rows: Sequence[dict], ctx: RunContext, stage, stage_n
                                         ctx.codec)
     was_training = model.training
     model.eval()
+    images = [r["image"] for r in rows]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        texts = generate(model, ctx.processor, [r["prompt"] for r in rows],
-                         [r["image"] for r in rows], max_new_tokens, batch_size,
-                         temperature=stage.temperature, samples=samples)
+        if stage_name == "grpo_stage2":
+            # The rollout's dialogue (rl.rollout): a greedy proposal, the request, sampled
+            # refinements of it; the rewards read the proposal from the `stage1` column.
+            proposals = generate(model, ctx.processor, [r["prompt"] for r in rows], images,
+                                 proposal_tokens or max_new_tokens, batch_size)
+            convs = [list(r["prompt"]) + [assistant_turn(t), user_turn(ctx.prompts["stage2"])]
+                     for r, t in zip(rows, proposals, strict=True)]
+        else:
+            convs, proposals = [r["prompt"] for r in rows], None
+        texts = generate(model, ctx.processor, convs, images, max_new_tokens, batch_size,
+                         temperature=stage.temperature, samples=samples, min_p=stage.min_p)
     model.train(was_training)
     completions = [[{"role": "assistant", "content": t}] for t in texts]
     columns = {key: [r[key] for r in rows for _ in range(samples)]
                for key in ("prompt", "image", "solution")}
+    if proposals is not None:
+        columns["stage1"] = [t for t in proposals for _ in range(samples)]
     total = np.zeros(len(texts))
     for func, weight in zip(funcs, weights, strict=True):
         values = func(prompts=columns["prompt"], completions=completions,
-                      image=columns["image"], solution=columns["solution"])
+                      **{k: v for k, v in columns.items() if k != "prompt"})
         total += weight * np.array([0.0 if v is None else v for v in values], dtype=float)
     return total.reshape(len(rows), samples).mean(axis=1).tolist()
 

@@ -194,7 +194,7 @@ class Pipeline:
         self.vocab, self.codec, self.prompts = self.ctx.vocab, self.ctx.codec, self.ctx.prompts
         self.metrics: dict = {"evaluation": {}, "rewards": {}, "seconds": {}}
         self.curves = None
-        self.fixed_prompts: dict | None = None  # stage 1's reward on fixed prompts (eval)
+        self.fixed_prompts: dict = {}  # per GRPO stage, its reward on fixed prompts (eval)
         # The latest evaluation's predictions and the stage they came from (pictures, the
         # shuffled control's paired difference).
         self.last_predictions: list | None = None
@@ -314,35 +314,39 @@ class Pipeline:
         self.metrics["rewards"][name] = out
         return out
 
-    def _fixed_prompt_rewards(self, model, rows: list[dict]) -> list[float] | None:
-        """Stage 1's reward per fixed training prompt (`eval.reward_prompts`), or None when
-        off."""
+    def _fixed_prompt_rewards(self, model, rows: list[dict], stage_name: str
+                              ) -> list[float] | None:
+        """A GRPO stage's reward per fixed training prompt (`eval.reward_prompts`; stage 2:
+        `eval.refinement_reward_prompts`), or None when off."""
         from rl.evaluate import sampled_rewards
 
         e = self.cfg.eval
-        if not e.reward_prompts:
+        n = e.reward_prompts if stage_name == "grpo_stage1" else e.refinement_reward_prompts
+        if not n:
             return None
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         if processes > 1:  # each process holds a shard of the model (ZeRO-3) or a copy
-            log(f"stage 1's reward on fixed prompts (eval.reward_prompts) is measured in "
-                f"single-process runs only: off for this run of {processes} processes")
+            log(f"{stage_name}'s reward on fixed prompts is measured in single-process runs "
+                f"only: off for this run of {processes} processes")
             return None
-        return sampled_rewards(model, rows[: e.reward_prompts], self.ctx, self.cfg.grpo_stage1,
-                               "grpo_stage1", e.reward_samples, seed=self.cfg.seed,
-                               max_new_tokens=self.cfg.grpo_stage1.max_completion_length,
-                               batch_size=e.batch_size)
+        stage = getattr(self.cfg, stage_name)
+        return sampled_rewards(model, rows[:n], self.ctx, stage, stage_name, e.reward_samples,
+                               seed=self.cfg.seed, max_new_tokens=stage.max_completion_length,
+                               batch_size=e.batch_size,
+                               proposal_tokens=self.cfg.grpo_stage1.max_completion_length)
 
-    def _fixed_prompt_change(self, before: list[float], after: list[float]) -> None:
-        """Record (metrics.json `rewards.grpo_stage1.fixed_prompts`) and log stage 1's reward
-        on the fixed prompts before and after it, with the paired interval of the change."""
+    def _fixed_prompt_change(self, before: list[float], after: list[float],
+                             stage_name: str) -> None:
+        """Record (metrics.json `rewards.<stage>.fixed_prompts`) and log a stage's reward on
+        the fixed prompts before and after it, with the paired interval of the change."""
         from rl.metrics import paired_difference
 
         d = paired_difference(after, before)
-        self.fixed_prompts = {**d, "prompts": len(before),
-                              "per_prompt": self.cfg.eval.reward_samples,
-                              "before": float(np.mean(before)), "after": float(np.mean(after))}
+        self.fixed_prompts[stage_name] = {
+            **d, "prompts": len(before), "per_prompt": self.cfg.eval.reward_samples,
+            "before": float(np.mean(before)), "after": float(np.mean(after))}
         ci = "" if d["interval"] is None else " [{:+.3f}, {:+.3f}]".format(*d["interval"])
-        log(f"grpo_stage1 reward on {len(before)} fixed training prompts "
+        log(f"{stage_name} reward on {len(before)} fixed training prompts "
             f"({self.cfg.eval.reward_samples} samples each): {np.mean(before):.3f} -> "
             f"{np.mean(after):.3f}, {d['difference']:+.3f}{ci}")
 
@@ -362,9 +366,9 @@ class Pipeline:
         model, hist = train(model)
         if name.startswith("grpo"):
             self.reward_summary(name, hist)
-            if name == "grpo_stage1" and self.fixed_prompts is not None:
+            if name in self.fixed_prompts:
                 self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
-                    self.fixed_prompts)
+                    self.fixed_prompts[name])
             plot_rewards(hist, self.out / "plots", name)
         if self.cfg.eval.enabled:
             self.evaluate(name, model, rounds=rounds)
@@ -476,12 +480,13 @@ class Pipeline:
                 ds = Dataset.from_list(grpo_rows).select_columns(["image", "prompt", "solution"])
                 log(f"grpo_stage1: {len(ds)} prompts, {s1.max_steps} steps, "
                     f"{s1.num_generations} generations, rewards {s1.rewards}")
-                before = self._fixed_prompt_rewards(model, grpo_rows)
+                before = self._fixed_prompt_rewards(model, grpo_rows, "grpo_stage1")
                 model, hist = run_grpo(s1, "grpo_stage1", self.stage_context("grpo_stage1"),
                                        model, ds, reference=reference)
                 if before is not None:
-                    self._fixed_prompt_change(before, self._fixed_prompt_rewards(model,
-                                                                                 grpo_rows))
+                    self._fixed_prompt_change(
+                        before, self._fixed_prompt_rewards(model, grpo_rows, "grpo_stage1"),
+                        "grpo_stage1")
                 return model, hist
 
             model = self._stage("grpo_stage1", train_stage1, model, current)
@@ -491,8 +496,14 @@ class Pipeline:
         s2 = cfg.grpo_stage2
         if s2.enabled:
             def train_stage2(model, reference=current):
-                return self._stage2(model, grpo_rows[: s2.n_prompts or len(grpo_rows)],
-                                    reference=reference)
+                rows = grpo_rows[: s2.n_prompts or len(grpo_rows)]
+                before = self._fixed_prompt_rewards(model, rows, "grpo_stage2")
+                model, hist = self._stage2(model, rows, reference=reference)
+                if before is not None:
+                    self._fixed_prompt_change(
+                        before, self._fixed_prompt_rewards(model, rows, "grpo_stage2"),
+                        "grpo_stage2")
+                return model, hist
 
             model = self._stage("grpo_stage2", train_stage2, model, current,
                                 rounds=cfg.eval.rounds)

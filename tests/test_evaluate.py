@@ -306,6 +306,68 @@ def test_sampled_rewards_score_each_rows_samples_with_the_stage_weights(grid8_mo
         generate(model, proc, [rows[0]["prompt"]], [rows[0]["image"]], samples=2)
 
 
+def test_sampled_rewards_of_stage2_refine_the_policys_own_proposal(monkeypatch):
+    # Stage 2's fixed-prompt reward with a scripted policy: a greedy proposal (a point inside
+    # the named object), the request, then two sampled refinements of it (keep the point;
+    # delete it), sampled at the stage's temperature and min_p and scored with the proposal
+    # as `stage1`: keep 1 + 0.5 * 1, delete 1 + 0.5 * (-1), a mean of 1.0 per row.
+    import pytest
+
+    import rl.evaluate
+    from rewards.solution import parse_solution
+    from rl.config import GRPOStageConfig
+    from rl.data.samples import assistant_turn, user_turn
+    from tokens.decoders import point_in_mask
+
+    v = SpatialVocab(8)
+    prompts = load_prompts()
+    rows = list(build_grpo_stage1(synthetic_records(2, seed=4, kinds={"attribute": 1.0}),
+                                  prompts, BuildConfig(vocab=v)))
+
+    def inside(row):
+        mask = parse_solution(row["solution"]).masks[0]
+        cell = next((i, j) for i in range(8) for j in range(8)
+                    if point_in_mask(mask, *v.cell_center(i, j)))
+        return f"<think></think><answer>\n<seg>{v.grid_token(*cell)}</seg>\n</answer>"
+
+    proposals = [inside(r) for r in rows]
+    keep = "<think></think><answer>\n<offset><seg><off_0_0></seg></offset>\n</answer>"
+    delete = "<think></think><answer>\n<offset><seg><DELETE></seg></offset>\n</answer>"
+    calls = []
+
+    def scripted(model, processor, convs, images, max_new_tokens=64, batch_size=32,
+                 temperature=None, samples=1, min_p=0.0):
+        calls.append((temperature, samples, min_p, max_new_tokens))
+        if temperature is None:  # the greedy proposal
+            assert [c for c in convs] == [r["prompt"] for r in rows]
+            return list(proposals)
+        for conv, row, prop in zip(convs, rows, proposals, strict=True):
+            assert conv == list(row["prompt"]) + [assistant_turn(prop),
+                                                  user_turn(prompts["stage2"])]
+        return [t for _ in convs for t in (keep, delete)]
+
+    class Policy:
+        training = True
+
+        def eval(self):
+            self.training = False
+
+        def train(self, mode=True):
+            self.training = mode
+
+    monkeypatch.setattr(rl.evaluate, "generate", scripted)
+    ctx = RunContext(vocab=v, codec=GridCodec(v), decoder_spec=RegionDecoder(), processor=None,
+                     prompts=prompts)
+    stage = GRPOStageConfig(temperature=1.2, min_p=0.05,
+                            rewards={"refine_format": 1.0, "point_refine": 0.5})
+    policy = Policy()
+    got = rl.evaluate.sampled_rewards(policy, rows, ctx, stage, "grpo_stage2", samples=2,
+                                      seed=5, max_new_tokens=8, batch_size=2,
+                                      proposal_tokens=12)
+    assert got == pytest.approx([1.0, 1.0])
+    assert calls == [(None, 1, 0.0, 12), (1.2, 2, 0.05, 8)] and policy.training
+
+
 def test_targets_score_the_ceiling_the_codec_leaves(tmp_path):
     # `--targets`: no model, the recipe's cold-start answers scored as a model's. For rle_text
     # that is each ground-truth mask's n x n map upsampled, computed here the other way round.

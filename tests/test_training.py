@@ -33,7 +33,7 @@ def tiny_overrides(out: Path) -> dict:
         "grpo_stage2": {"max_steps": 2, "n_prompts": 8, "temperature": 1.3,
                         "logging_steps": 1},
         "eval": {"pictures": 2, "curve_every": 50, "curve_samples": 4, "reward_prompts": 3,
-                 "reward_samples": 2},
+                 "reward_samples": 2, "refinement_reward_prompts": 3},
     }, keep_parts=True)
 
 
@@ -127,6 +127,15 @@ def test_stage1_reward_on_fixed_prompts_before_and_after(run, capsys):
     assert fixed["difference"] == pytest.approx(fixed["after"] - fixed["before"])
     assert 0 <= fixed["before"] <= 4.5 and 0 <= fixed["after"] <= 4.5  # default weights' range
     assert "prompts" in seen["grpo_stage1"]  # scored by the stage's own reward functions
+
+
+def test_stage2_reward_on_fixed_prompts_before_and_after(run):
+    _, metrics, _ = run
+    fixed = metrics["rewards"]["grpo_stage2"]["fixed_prompts"]
+    assert (fixed["prompts"], fixed["per_prompt"], fixed["samples"]) == (3, 2, 3)
+    assert fixed["difference"] == pytest.approx(fixed["after"] - fixed["before"])
+    # refine_format [0, 1] + point_refine, box_refine, mask_gain [-1, 1] each (weights 1)
+    assert -3 <= fixed["before"] <= 4 and -3 <= fixed["after"] <= 4
 
 
 def test_finished_stages_are_skipped_on_resume(run, capsys):
@@ -412,7 +421,9 @@ def test_fixed_prompt_rewards_are_measured_in_single_process_runs_only(tmp_path,
     cfg = load_config(ROOT / "configs" / "default.yaml", {
         "output_dir": str(tmp_path),
         "data": {"prompts": str(ROOT / "configs" / "default_prompts.yaml")}})
-    assert cfg.eval.reward_prompts
+    assert cfg.eval.reward_prompts and cfg.eval.refinement_reward_prompts
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert Pipeline(cfg)._fixed_prompt_rewards(None, [{}]) is None
-    assert "single-process runs only" in capsys.readouterr().out
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        assert Pipeline(cfg)._fixed_prompt_rewards(None, [{}], stage) is None
+        assert f"{stage}'s reward on fixed prompts is measured in single-process runs only" in (
+            capsys.readouterr().out)
