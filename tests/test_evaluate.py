@@ -339,7 +339,7 @@ def test_sampled_rewards_of_stage2_refine_the_policys_own_proposal(monkeypatch):
                  temperature=None, samples=1, min_p=0.0):
         calls.append((temperature, samples, min_p, max_new_tokens))
         if temperature is None:  # the greedy proposal
-            assert [c for c in convs] == [r["prompt"] for r in rows]
+            assert list(convs) == [r["prompt"] for r in rows]
             return list(proposals)
         for conv, row, prop in zip(convs, rows, proposals, strict=True):
             assert conv == list(row["prompt"]) + [assistant_turn(prop),
