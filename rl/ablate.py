@@ -10,7 +10,8 @@ is the first variant's `base` unless `--full` names another recipe; its row is a
 section pointing at another dataset), so the same ablation runs on any task.
 
 Stages are shared where they are the same: when an earlier variant already trained a stage from
-an identical recipe prefix (everything up to and including that stage; output folders aside),
+an identical recipe prefix (everything up to and including that stage; output folders aside,
+and evaluation settings that only change later stages: `rl.config.EVAL_KEYS_FROM`),
 its checkpoint and metrics are copied (hard links), with the starting checkpoint (`model_init`),
 and the pipeline resumes after it. The reward
 ablations of stage 1 therefore share one cold start, those of stage 2 also share stage 1. Stages

@@ -477,6 +477,13 @@ def to_dict(cfg) -> dict:
 STAGES = ("sft", "grpo_stage1", "grpo_stage2")
 # Recipe values that change where and how a run reports, not what it computes.
 UNSHARED_KEYS = ("output_dir", "progress_bars", "logging_steps", "cpu_threads", "report_to")
+# Evaluation settings that only change what a later stage measures: each with the first stage
+# whose metrics it changes. The fixed-prompt rewards are measured inside their GRPO stage
+# (torch's random state forked, so training is unchanged), the refinement rounds after stage 2.
+# Every other `eval` key changes every stage's evaluation.
+EVAL_KEYS_FROM = {"reward_prompts": "grpo_stage1", "reward_samples": "grpo_stage1",
+                  "refinement_reward_prompts": "grpo_stage2", "rounds": "grpo_stage2",
+                  "rounds_curve": "grpo_stage2"}
 
 
 def stage_key(cfg: RunConfig, stage: str) -> str:
@@ -493,8 +500,11 @@ def stage_key(cfg: RunConfig, stage: str) -> str:
         if isinstance(d.get(name), dict):
             d[name].pop("logging_steps", None)
             d[name].pop("log_completions", None)
-    if stage != "grpo_stage2":  # refinement rounds only change the evaluation after stage 2
-        d["eval"] = {k: v for k, v in d["eval"].items() if k not in ("rounds", "rounds_curve")}
+    if stage in STAGES:  # an evaluation setting counts from the first stage it changes
+        d["eval"] = {k: v for k, v in d["eval"].items()
+                     if STAGES.index(EVAL_KEYS_FROM.get(k, STAGES[0])) <= STAGES.index(stage)}
+    else:  # "untrained": only the settings every evaluation reads
+        d["eval"] = {k: v for k, v in d["eval"].items() if k not in EVAL_KEYS_FROM}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

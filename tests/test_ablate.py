@@ -35,6 +35,20 @@ def test_stage_keys_ignore_output_and_later_stages():
                         {"grpo_stage1": {"logging_steps": 1}, "eval": {"rounds_curve": 0}})
     assert stage_key(quiet, "grpo_stage1") == stage_key(full, "grpo_stage1")
     assert stage_key(quiet, "grpo_stage2") != stage_key(full, "grpo_stage2")  # rounds_curve
+    # The fixed-prompt rewards are measured inside their own GRPO stage: changing stage 2's
+    # changes only stage 2's key, stage 1's (and how many samples) neither the cold start's.
+    fixed2 = load_config(ROOT / "configs" / "default.yaml",
+                         {"eval": {"refinement_reward_prompts": 0}})
+    assert stage_key(fixed2, "grpo_stage1") == stage_key(full, "grpo_stage1")
+    assert stage_key(fixed2, "grpo_stage2") != stage_key(full, "grpo_stage2")
+    fixed1 = load_config(ROOT / "configs" / "default.yaml",
+                         {"eval": {"reward_prompts": 8, "reward_samples": 4}})
+    assert stage_key(fixed1, "sft") == stage_key(full, "sft")
+    assert stage_key(fixed1, "untrained") == stage_key(full, "untrained")
+    assert stage_key(fixed1, "grpo_stage1") != stage_key(full, "grpo_stage1")
+    # Every other evaluation setting changes every stage's evaluation.
+    fewer = load_config(ROOT / "configs" / "default.yaml", {"eval": {"max_new_tokens": 20}})
+    assert all(stage_key(fewer, s) != stage_key(full, s) for s in ("untrained", *STAGES))
     # Refinement rounds only change the evaluation after stage 2: grid only and grid with
     # offsets share their cold start and stage 1.
     g32 = load_config(ROOT / "configs" / "grid_study" / "grid_32.yaml")
