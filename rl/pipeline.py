@@ -281,8 +281,10 @@ class Pipeline:
 
     def reward_summary(self, name: str, log_history: list) -> dict:
         """Mean reward (weighted total and each term) over the first and last fifth of steps;
-        also the stage-2 signal shares (`<term>/nonzero`, `refine_format/complete`, over the
-        samples with a proposal to refine) and `refine_format/no_proposal`."""
+        the share of groups whose rewards are all equal (TRL's `frac_reward_zero_std`: no
+        advantage, so no policy-gradient signal from them); also the stage-2 signal shares
+        (`<term>/nonzero`, `refine_format/complete`, over the samples with a proposal to refine)
+        and `refine_format/no_proposal`."""
         entries = [e for e in log_history if "reward" in e]
         if not entries:
             return {}
@@ -291,7 +293,8 @@ class Pipeline:
                                     if (key.startswith("rewards/") and key.endswith("/mean"))
                                     or key.endswith("/nonzero")
                                     or key in ("refine_format/complete",
-                                               "refine_format/no_proposal")})
+                                               "refine_format/no_proposal",
+                                               "frac_reward_zero_std")})
         out = {}
         for key in keys:
             vals = [e[key] for e in entries if key in e and e[key] is not None

@@ -199,6 +199,10 @@ def test_stage2_is_one_on_policy_trainer_with_signal_shares_logged(run):
             "refine_format/complete"} <= logged
     assert "point_refine/nonzero" in metrics["rewards"]["grpo_stage2"]
     entries = [e for e in hist if "reward" in e]
+    # The share of groups without reward variance (no advantage), as TRL logged it.
+    zero = metrics["rewards"]["grpo_stage2"]["frac_reward_zero_std"]
+    assert zero["first_fifth"] == pytest.approx(entries[0]["frac_reward_zero_std"])
+    assert zero["last_fifth"] == pytest.approx(entries[-1]["frac_reward_zero_std"])
     first = metrics["rewards"]["grpo_stage2"]["reward/with_proposal"]["first_fifth"]
     share = 1.0 - entries[0]["refine_format/no_proposal"]  # 2 steps: a fifth is one entry
     if share > 0:
@@ -212,7 +216,8 @@ def test_stage2_reward_over_samples_with_a_proposal():
 
     from rl.pipeline import Pipeline
 
-    hist = [{"reward": r, "refine_format/no_proposal": p, "step": i}
+    hist = [{"reward": r, "refine_format/no_proposal": p, "step": i,
+             "frac_reward_zero_std": 0.5 + 0.1 * i}
             for i, (r, p) in enumerate([(1.0, 0.5), (0.9, 0.1), (1.2, 0.0), (1.0, 0.0),
                                         (0.6, 0.5), (1.5, 0.25)])]
     holder = SimpleNamespace(metrics={"rewards": {}})
@@ -220,6 +225,8 @@ def test_stage2_reward_over_samples_with_a_proposal():
     assert out["reward"]["first_fifth"] == pytest.approx(1.0)  # fifth of 6 entries: 1 entry
     assert out["reward/with_proposal"]["first_fifth"] == pytest.approx(1.0 / 0.5)
     assert out["reward/with_proposal"]["last_fifth"] == pytest.approx(1.5 / 0.75)
+    assert out["frac_reward_zero_std"] == {"first_fifth": pytest.approx(0.5),
+                                           "last_fifth": pytest.approx(1.0)}
     # Stage 1 (no `refine_format/no_proposal`) has no such entry.
     stage1 = Pipeline.reward_summary(holder, "grpo_stage1", [{"reward": 1.0}] * 5)
     assert "reward/with_proposal" not in stage1
