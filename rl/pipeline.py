@@ -259,11 +259,17 @@ class Pipeline:
         done = json.loads(path.read_text())
         log(f"{name}: done already, resuming after it")
         self.metrics["evaluation"][name] = done["evaluation"]
-        if done.get("sample_iou") is not None:  # the next stage is compared with it
+        if done.get("sample_iou") is not None:
+            # Compared with the stage before it as in a run not stopped (its stage.json keeps
+            # the IoU of each held-out sample), and the next stage with it.
             rounds = (done["evaluation"] or {}).get("refinement_rounds", 0)
-            self._evaluated.append((name, done["sample_iou"], rounds))
+            self._compare(name, done["sample_iou"], rounds)
         if name.startswith("grpo"):
             self.reward_summary(name, done["log_history"])
+            if done.get("fixed_prompts"):  # its reward on fixed prompts, before and after
+                self.fixed_prompts[name] = done["fixed_prompts"]
+                self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
+                    done["fixed_prompts"])
         return True
 
     def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
@@ -272,6 +278,8 @@ class Pipeline:
                 "log_history": log_history,
                 # per held-out sample, for paired comparisons between runs (rl.ablate)
                 "sample_iou": None if ious is None else [round(float(x), 6) for x in ious],
+                **({"fixed_prompts": self.fixed_prompts[name]} if name in self.fixed_prompts
+                   else {}),
                 **(extra or {})}
         write_json(self.out / name / "stage.json", info)
         if (self.out / name / "config.json").is_file():  # a checkpoint: its model card

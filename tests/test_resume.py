@@ -87,6 +87,23 @@ def test_killed_during_stage1_resumes_and_keeps_earlier_outputs(tmp_path):
     assert set(metrics["comparisons"]) == {"grpo_stage1 - sft", "grpo_stage2 - grpo_stage1"}
     assert not list(out.rglob("*.tmp"))
 
+    # Once more, every stage finished: each is taken back with its comparison to the stage
+    # before it and its reward on fixed prompts, as the run that trained them wrote them.
+    finished = subprocess.run(command(path), capture_output=True, text=True, env=env(),
+                              cwd=tmp_path, timeout=800)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "grpo_stage2: done already" in finished.stdout
+    taken_back = json.loads((out / "metrics.json").read_text())
+    assert set(taken_back["comparisons"]) == set(metrics["comparisons"])
+    for key, c in metrics["comparisons"].items():
+        assert taken_back["comparisons"][key]["difference"] == pytest.approx(
+            c["difference"], abs=1e-5)
+        assert taken_back["comparisons"][key]["verdict"] == c["verdict"]
+    for stage in ("grpo_stage1", "grpo_stage2"):
+        assert metrics["rewards"][stage]["fixed_prompts"]["prompts"] > 0
+        assert taken_back["rewards"][stage]["fixed_prompts"] == (
+            metrics["rewards"][stage]["fixed_prompts"])
+
     # Another recipe over the same folder is refused, naming what differs.
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(recipe(out, sft={"max_steps": 61})))
