@@ -212,6 +212,74 @@ def _ious(runs: list[dict]):
     return rows
 
 
+REWARD_KEYS = ("rewards", "reward_params")
+
+
+def reward_stage(changes: list[str]) -> str | None:
+    """The GRPO stage whose rewards a variant's changes are all about (`<stage>.rewards.*`,
+    `<stage>.reward_params.*`), or None (the full model, or a variant that changes anything
+    else: its policy may not even share the full model's vocabulary)."""
+    stages = set()
+    for change in changes:
+        parts = change.split("=", 1)[0].split(".")
+        if len(parts) < 3 or parts[0] not in STAGES[1:] or parts[1] not in REWARD_KEYS:
+            return None
+        stages.add(parts[0])
+    return stages.pop() if len(stages) == 1 else None
+
+
+def score_sampled_rewards(results: list[dict], full_name: str, n: int) -> None:
+    """What a reward term changes in the policy that its stage trains, beyond the greedy
+    answers the held-out figures score: each variant that changes one GRPO stage's rewards
+    (`reward_stage`), and the full model of its seed, sample that stage's completions on the
+    first `n` held-out prompts (`rl.evaluate.sampled_rewards`: the full model's sampling
+    settings, 8 completions each, the same random seed; stage 2 refines each policy's own
+    greedy proposal), scored by the full model's rewards of that stage. Adds
+    `sampled_rewards` {stage: per-prompt mean rewards} to each scored result."""
+    import dataclasses
+
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from rl.context import RunContext
+    from rl.data.samples import build_grpo_stage1
+    from rl.data.splits import build_config, records
+    from rl.evaluate import sampled_rewards
+    from rl.models import load_model
+
+    fulls = {r["seed"]: r for r in results if r["name"] == full_name}
+    wanted = {(r["seed"], reward_stage(r["changes"])) for r in results
+              if r["name"] != full_name and reward_stage(r["changes"])}
+    rows = None
+    for seed, stage in sorted(wanted):
+        full = fulls.get(seed)
+        if full is None:
+            continue
+        cfg = load_config(Path(full["dir"]) / "config.json")
+        st = getattr(cfg, stage)
+        for r in [full] + [r for r in results if r["seed"] == seed and r["name"] != full_name
+                           and reward_stage(r["changes"]) == stage]:
+            checkpoint = Path(r["dir"]) / stage
+            if not (checkpoint / "config.json").is_file():
+                continue
+            ctx = RunContext.from_config(cfg, AutoProcessor.from_pretrained(checkpoint))
+            if rows is None:  # the held-out prompts, the same for every seed (data.seed)
+                few = dataclasses.replace(cfg, data=dataclasses.replace(
+                    cfg.data, n_eval=min(n, cfg.data.n_eval)))
+                rows = list(build_grpo_stage1(records(few, "eval"), ctx.prompts,
+                                              build_config(cfg, ctx.vocab, ctx.codec)))[:n]
+            t0 = time.perf_counter()
+            model = load_model(checkpoint, cfg.model)
+            r.setdefault("sampled_rewards", {})[stage] = sampled_rewards(
+                model, rows, ctx, st, stage, cfg.eval.reward_samples, seed=cfg.seed,
+                max_new_tokens=st.max_completion_length, batch_size=cfg.eval.batch_size,
+                proposal_tokens=cfg.grpo_stage1.max_completion_length)
+            print(f"[ablate] {r['name']} (seed {seed}): {stage} reward of sampled completions "
+                  f"on {len(rows)} held-out prompts, the full model's terms: "
+                  f"{np.mean(r['sampled_rewards'][stage]):.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
 def table_rows(results: list[dict]) -> list[dict]:
     """One row per variant: the final stage's held-out metrics (the mean over seeds, with
     their standard deviation `<metric>_sd` when there are several), gIoU after each stage, the
@@ -267,8 +335,35 @@ def table_rows(results: list[dict]) -> list[dict]:
                     and np.shape(mine) == np.shape(full_ious):
                 d = seeded_paired_difference(mine, full_ious)
                 row["delta_gIoU_interval"], row["verdict"] = d["interval"], d["verdict"]
+        scored = _sampled_rewards_row(runs, full)
+        if scored:
+            row["sampled_reward"] = scored
         rows.append(row)
     return rows
+
+
+def _sampled_rewards_row(runs: list[dict], full: list[dict]) -> dict | None:
+    """A row's `score_sampled_rewards` figures: for the full model the mean per stage scored;
+    for a variant its stage's mean, the full model's, and the paired difference (prompts and,
+    over several seeds, seeds resampled; seed k with seed k)."""
+    import numpy as np
+
+    if runs is full:
+        stages = sorted({s for r in runs for s in r.get("sampled_rewards", {})})
+        return {s: {"mean": float(np.mean([r["sampled_rewards"][s] for r in runs
+                                            if s in r.get("sampled_rewards", {})]))}
+                for s in stages} or None
+    stage = reward_stage(runs[0]["changes"])
+    by_seed = {r["seed"]: r for r in full}
+    pairs = [(r["sampled_rewards"][stage], by_seed[r["seed"]]["sampled_rewards"][stage])
+             for r in runs if stage in r.get("sampled_rewards", {})
+             and stage in by_seed.get(r["seed"], {}).get("sampled_rewards", {})]
+    if not stage or len(pairs) != len(runs):
+        return None
+    mine, theirs = [a for a, _ in pairs], [b for _, b in pairs]
+    d = seeded_paired_difference(mine, theirs)
+    return {stage: {"mean": float(np.mean(mine)), "full": float(np.mean(theirs)),
+                    "prompts": len(mine[0]), **d}}
 
 
 def _sum(values):
@@ -289,10 +384,12 @@ def _with_sd(row: dict, key: str) -> str:
 def markdown(rows: list[dict]) -> str:
     """The table; a referent accuracy column (with its chance rate) when every row has one."""
     reading = bool(rows) and all(r.get("referent_accuracy") is not None for r in rows)
+    sampled = any(r.get("sampled_reward") for r in rows)
     head = ("| variant | changes | gIoU [95 %] | cIoU | Acc@0.5 | Acc@0.8 | "
             + ("referent acc. (chance) | " if reading else "") + "Δ gIoU [paired 95 %] "
-            "| gIoU after SFT / stage 1 / stage 2 | parse failures | answer tokens / instance |")
-    lines = [head, "|" + "---|" * (11 if reading else 10)]
+            "| gIoU after SFT / stage 1 / stage 2 | parse failures | answer tokens / instance |"
+            + (" sampled reward, the full model's terms: Δ [paired 95 %] |" if sampled else ""))
+    lines = [head, "|" + "---|" * (10 + reading + sampled)]
     for r in rows:
         by = r["gIoU_by_stage"]
         stages = " / ".join(_pct(by.get(s)) for s in STAGES)
@@ -310,8 +407,25 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['variant']} | {changes} | " + " | ".join(cells)
             + f" | {delta_cell} | {stages} | "
             f"{r['parse_failures']}/{r['samples']} | "
-            f"{'–' if tokens is None else f'{tokens:.2f}'} |")
+            f"{'–' if tokens is None else f'{tokens:.2f}'} |"
+            + (f" {_sampled_cell(r.get('sampled_reward'))} |" if sampled else ""))
     return "\n".join(lines) + "\n"
+
+
+def _sampled_cell(scored: dict | None) -> str:
+    if not scored:
+        return "–"
+    cells = []
+    for stage, v in scored.items():
+        name = stage.replace("grpo_", "").replace("stage", "stage ")
+        if "difference" not in v:
+            cells.append(f"{name}: {v['mean']:.3f}")
+            continue
+        iv = v.get("interval")
+        cells.append(f"{name}: {v['difference']:+.3f}"
+                     + ("" if iv is None else f" [{iv[0]:+.3f}, {iv[1]:+.3f}]")
+                     + f" ({v['verdict']})")
+    return "; ".join(cells)
 
 
 def reward_curves(results: list[dict], stage: str, key: str = "reward") -> dict:
@@ -491,6 +605,10 @@ def main(argv=None) -> list[dict]:
                    help="train every variant with this many seeds (the recipe's seed, +1, ...; "
                         "folders <variant>/seed<k>); tables give the mean and standard deviation "
                         "over seeds, intervals over seeds and held-out scenes")
+    p.add_argument("--sampled-rewards", type=int, default=256, metavar="N",
+                   help="score each variant that changes one GRPO stage's rewards, and the "
+                        "full model, on the sampled completions of that stage for the first N "
+                        "held-out prompts, by the full model's terms (0: off)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the variants, what they change and how many stage trainings "
                         "they need; train nothing")
@@ -550,6 +668,11 @@ def main(argv=None) -> list[dict]:
         results.append({"name": name, "recipe": path, "dir": cfg.output_dir, "seed": cfg.seed,
                         "changes": differences(cfg, full_cfg), "reused": reused,
                         "metrics": metrics, "seconds": seconds})
+        rows = table_rows(results)
+        (out / "table.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+        (out / "table.md").write_text(markdown(rows))
+    if a.sampled_rewards > 0:
+        score_sampled_rewards(results, a.full_name, a.sampled_rewards)
         rows = table_rows(results)
         (out / "table.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         (out / "table.md").write_text(markdown(rows))

@@ -101,6 +101,17 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
     assert all(len(r["gIoU_interval"]) == 2 for r in rows)
     assert all(len(r["delta_gIoU_interval"]) == 2 and r["verdict"] for r in rows[1:])
     assert "gIoU [95 %]" in table[0] and " [" in table[3]
+    # What each reward variant changed in the policy its stage trains: that stage's sampled
+    # completions on the held-out prompts (6 here), scored by the full model's terms, paired
+    # with the full model's own.
+    assert set(rows[0]["sampled_reward"]) == {"grpo_stage1", "grpo_stage2"}
+    for row, stage in ((rows[1], "grpo_stage1"), (rows[2], "grpo_stage2")):
+        scored = row["sampled_reward"][stage]
+        assert scored["prompts"] == 6 and scored["full"] == rows[0]["sampled_reward"][stage]["mean"]
+        assert scored["difference"] == pytest.approx(scored["mean"] - scored["full"])
+        assert len(scored["interval"]) == 2 and scored["verdict"]
+    assert "sampled reward, the full model's terms" in table[0]
+    assert "stage 1: " in table[3] and "stage 2: " in table[4]
     assert (out / "rewards_grpo_stage1.png").is_file()
     assert yaml.safe_load((out / "full" / "recipe.yaml").read_text())["data"]["n_train"] == 48
     # A later invocation (another output folder) reuses every finished run whole: nothing
@@ -127,6 +138,19 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
     assert Path(mine["output_dir"]) == tmp_path / "again" / "full"
     assert (tmp_path / "again" / "full" / "grpo_stage2" / "stage.json").stat().st_ino == \
         (out / "full" / "grpo_stage2" / "stage.json").stat().st_ino
+
+
+def test_reward_stage_names_the_stage_whose_rewards_a_variant_changes():
+    from rl.ablate import reward_stage
+
+    assert reward_stage(["grpo_stage2.rewards.mask_gain=0.0"]) == "grpo_stage2"
+    assert reward_stage(["grpo_stage1.reward_params.box.x=1",
+                         "grpo_stage1.rewards.box=0.0"]) == "grpo_stage1"
+    assert reward_stage([]) is None  # the full model
+    assert reward_stage(["model.grid_size=16"]) is None  # another vocabulary: not comparable
+    assert reward_stage(["grpo_stage2.learning_rate=0.01"]) is None
+    assert reward_stage(["grpo_stage1.rewards.box=0.0",
+                         "grpo_stage2.rewards.mask_gain=0.0"]) is None  # two stages
 
 
 def test_a_variant_without_base_needs_full(tmp_path):
