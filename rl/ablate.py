@@ -25,6 +25,11 @@ again: that run's folder is hard-linked in and its metrics read.
 deviation) over seeds, with intervals over held-out scenes and seeds (`rl.metrics.
 seeded_paired_difference`: seed k of a variant paired with seed k of the full model).
 
+`--sampled-rewards N` (256; 0: off) adds what a reward variant changed in the policy its stage
+trains, beyond the greedy answers the held-out figures score (`score_sampled_rewards`): that
+stage's sampled completions on the first N held-out prompts, scored by the full model's terms,
+paired with the full model's own.
+
 Output (`--out`, default runs/ablations): one folder per variant, `table.md`, `table.json` (with
 each row's wall seconds in this invocation, all seeds), and `rewards_<stage>.png` with each
 variant's mean total reward over steps; `rewards_<stage>.json` holds those curves and, printed
