@@ -258,16 +258,18 @@ def score_sampled_rewards(results: list[dict], full_name: str, n: int) -> None:
     rows = None
     for seed, stage in sorted(wanted):
         full = fulls.get(seed)
-        if full is None:
+        if full is None or not (Path(full["dir"]) / stage / "config.json").is_file():
             continue
         cfg = load_config(Path(full["dir"]) / "config.json")
         st = getattr(cfg, stage)
+        # The full model's processor and rewards for every checkpoint scored against it (a
+        # reward variant shares its vocabulary: `reward_stage`).
+        ctx = RunContext.from_config(cfg, AutoProcessor.from_pretrained(Path(full["dir"]) / stage))
         for r in [full] + [r for r in results if r["seed"] == seed and r["name"] != full_name
                            and reward_stage(r["changes"]) == stage]:
             checkpoint = Path(r["dir"]) / stage
             if not (checkpoint / "config.json").is_file():
                 continue
-            ctx = RunContext.from_config(cfg, AutoProcessor.from_pretrained(checkpoint))
             if rows is None:  # the held-out prompts, the same for every seed (data.seed)
                 few = dataclasses.replace(cfg, data=dataclasses.replace(
                     cfg.data, n_eval=min(n, cfg.data.n_eval)))

@@ -265,12 +265,18 @@ class Pipeline:
             rounds = (done["evaluation"] or {}).get("refinement_rounds", 0)
             self._compare(name, done["sample_iou"], rounds)
         if name.startswith("grpo"):
-            self.reward_summary(name, done["log_history"])
             if done.get("fixed_prompts"):  # its reward on fixed prompts, before and after
                 self.fixed_prompts[name] = done["fixed_prompts"]
-                self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
-                    done["fixed_prompts"])
+            self._reward_metrics(name, done["log_history"])
         return True
+
+    def _reward_metrics(self, name: str, log_history: list) -> None:
+        """A GRPO stage's `metrics.json` `rewards` entry: the logged curve's summary and, when
+        measured, its reward on fixed prompts before and after it."""
+        self.reward_summary(name, log_history)
+        if name in self.fixed_prompts:
+            self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
+                self.fixed_prompts[name])
 
     def finish_stage(self, name: str, log_history: list, seconds: float, extra=None) -> None:
         ious = next((e[1] for e in self._evaluated if e[0] == name), None)
@@ -376,10 +382,7 @@ class Pipeline:
         model = load_model(current, self.cfg.model) if model is None else model
         model, hist = train(model)
         if name.startswith("grpo"):
-            self.reward_summary(name, hist)
-            if name in self.fixed_prompts:
-                self.metrics["rewards"].setdefault(name, {})["fixed_prompts"] = (
-                    self.fixed_prompts[name])
+            self._reward_metrics(name, hist)
             plot_rewards(hist, self.out / "plots", name)
         if self.cfg.eval.enabled:
             self.evaluate(name, model, rounds=rounds)
