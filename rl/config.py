@@ -213,6 +213,13 @@ class GRPOStageConfig:
     # On-policy stage 2: the proposal tokens carry the loss too (rl.rollout.RefinementRollout
     # anchor_proposal), so the KL term holds the proposals while the refinement is trained.
     anchor_proposal: bool = False
+    # On-policy stage 2: how each step's proposal is made. "greedy": as evaluation and
+    # inference make it. "sampled": drawn at grpo_stage1's temperature and min_p (the
+    # distribution stage 1 trained), from a random stream of its own per prompt and step, so
+    # every process holding a member of a group draws the same one (rl.rollout.SeededSampler).
+    # Sampled proposals hold more errors to refine; on the default task they gave the
+    # refinement terms more signal and the same final model (README, "Sampled proposals").
+    proposal: str = "greedy"
     # What the stage trains: "all" (every parameter the model trains), or "refinement_tokens"
     # (stage 2 only: the embedding and LM-head rows of the offset tokens and `<DELETE>`, the
     # tokens only a refinement writes; rl.training.refinement_rows_only). With the rest frozen
@@ -437,6 +444,12 @@ def check(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}.{name}.trainable: refinement_tokens trains the rows of "
                               f"the offset tokens and <DELETE>, which only stage 2 writes; "
                               f"expected all")
+        if stage.proposal not in ("greedy", "sampled"):
+            raise ConfigError(f"{where}.{name}.proposal: expected greedy or sampled, got "
+                              f"{stage.proposal!r}")
+        if stage.proposal == "sampled" and not (name == "grpo_stage2" and stage.on_policy):
+            raise ConfigError(f"{where}.{name}.proposal: sampled proposals are made by "
+                              f"on-policy stage 2's rollout only; expected greedy")
         if not 0.0 <= stage.min_p < 1.0:
             raise ConfigError(f"{where}.{name}.min_p: expected a share in [0, 1) of the most "
                               f"likely token's probability (0: off), got {stage.min_p!r}")

@@ -778,23 +778,28 @@ class Pipeline:
         return self._stage2_rounds(model, rows, reference)
 
     def _stage2_on_policy(self, model, rows, reference) -> tuple:
-        """Each step the current policy proposes (greedy) and refines its own proposal
-        (`num_generations` sampled refinements per proposal): one GRPOTrainer, one optimizer
-        state for the whole stage."""
+        """Each step the current policy proposes (`grpo_stage2.proposal`: greedy, or sampled
+        as stage 1 samples) and refines its own proposal (`num_generations` sampled
+        refinements per proposal): one GRPOTrainer, one optimizer state for the whole stage."""
         from datasets import Dataset
 
         from rl.grpo import run_grpo
         from rl.rollout import RefinementRollout
 
-        s2 = self.cfg.grpo_stage2
+        s1, s2 = self.cfg.grpo_stage1, self.cfg.grpo_stage2
+        sampled = None
+        if s2.proposal == "sampled":
+            sampled = {"temperature": s1.temperature, "min_p": s1.min_p, "seed": self.cfg.seed}
         rollout = RefinementRollout(self.prompts["stage2"],
-                                    proposal_tokens=self.cfg.grpo_stage1.max_completion_length,
+                                    proposal_tokens=s1.max_completion_length,
                                     refinement_tokens=s2.max_completion_length,
-                                    anchor_proposal=s2.anchor_proposal)
+                                    anchor_proposal=s2.anchor_proposal,
+                                    sample_proposals=sampled)
         ds = Dataset.from_list(rows).select_columns(["image", "prompt", "solution"])
-        log(f"grpo_stage2 (on-policy): {len(ds)} prompts, {s2.max_steps} steps, a greedy "
-            f"proposal and {s2.num_generations} sampled refinements per prompt, rewards "
-            f"{s2.rewards}")
+        how = ("a greedy proposal" if sampled is None else
+               f"a proposal sampled at temperature {s1.temperature}, min_p {s1.min_p}")
+        log(f"grpo_stage2 (on-policy): {len(ds)} prompts, {s2.max_steps} steps, {how} and "
+            f"{s2.num_generations} sampled refinements per prompt, rewards {s2.rewards}")
         if self.curves is not None:
             self.curves.offset = 0
         ctx = self.stage_context("grpo_stage2")

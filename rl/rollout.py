@@ -4,9 +4,12 @@
 it receives the stage-1 prompts of the batch (each repeated `num_generations` times by TRL's
 sampler) and, with the current weights:
 
-1. proposes once per distinct prompt, greedily: every member of a GRPO group refines the same
-   proposal, so the group's advantages compare refinements only; greedy decoding gives the same
-   proposal on every process, also when a group is split across processes;
+1. proposes once per distinct prompt, greedily (the default) or sampled: every member of a
+   GRPO group refines the same proposal, so the group's advantages compare refinements only.
+   Greedy decoding gives the same proposal on every process, also when a group is split across
+   processes; a sampled proposal does too, because it is drawn from a random stream of its own,
+   seeded by the prompt and the step (`SeededSampler`: greedy decoding of the logits plus
+   seeded Gumbel noise, which is sampling from them);
 2. extends each conversation the way evaluation does (`rl.evaluate.predict`): the proposal as
    the assistant turn, the refinement request (`prompts["stage2"]`) as the next user turn;
 3. samples one refinement per prompt entry with TRL's own generation settings (temperature...).
@@ -64,10 +67,53 @@ def cut_at_eos(ids: Sequence[int], eos_ids: Sequence[int], pad_id: int | None) -
     return out
 
 
+class SeededSampler:
+    """A transformers logits processor that turns greedy decoding into sampling at
+    `temperature` (tokens below `min_p` times the most likely one's probability left out, 0:
+    off), each row from its own random stream: row r's noise at its k-th new token depends on
+    (seeds[r], k) alone, so a prompt draws the same answer whatever batch it is decoded in and
+    however far it is padded. Gumbel-max: argmax(logits / T + Gumbel noise) is a draw from
+    softmax(logits / T)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, min_p: float = 0.0):
+        if temperature <= 0:
+            raise ValueError(f"SeededSampler: temperature must be > 0, got {temperature!r}")
+        self.seeds = [int(s) for s in seeds]
+        self.temperature = float(temperature)
+        self.min_p = float(min_p or 0.0)
+        self.start: int | None = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.start is None:  # the first call sees the prompt alone
+            self.start = input_ids.shape[1]
+        k = input_ids.shape[1] - self.start
+        scores = scores.float() / self.temperature
+        if self.min_p > 0:
+            probs = torch.softmax(scores, dim=-1)
+            floor = self.min_p * probs.amax(dim=-1, keepdim=True)
+            scores = scores.masked_fill(probs < floor, float("-inf"))
+        noise = torch.empty_like(scores, device="cpu")
+        for row, seed in enumerate(self.seeds):
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + k) % (2 ** 63))
+            u = torch.rand(scores.shape[-1], generator=gen).clamp_(1e-20, 1.0 - 1e-7)
+            noise[row] = -torch.log(-torch.log(u))
+        return scores + noise.to(scores.device)
+
+
+def stream_seed(*parts) -> int:
+    """A 62-bit seed from any strings and numbers (the same on every process)."""
+    h = hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return int(h[:15], 16)
+
+
 def transformers_generate(trainer, encoded: list[dict], greedy: bool,
-                          max_new_tokens: int) -> Generated:
+                          max_new_tokens: int, sampler: SeededSampler | None = None
+                          ) -> Generated:
     """Generate for `encoded` inputs (each: input_ids, mm_token_type_ids, pixel_values,
-    image_grid_thw of one prompt) with the trainer's model, left-padded into one batch."""
+    image_grid_thw of one prompt) with the trainer's model, left-padded into one batch.
+    `sampler` (with `greedy`): greedy decoding through that logits processor (a seeded draw)."""
     import copy
 
     import torch
@@ -101,7 +147,12 @@ def transformers_generate(trainer, encoded: list[dict], greedy: bool,
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(**inputs, generation_config=config)
+            extra = {}
+            if sampler is not None:
+                from transformers import LogitsProcessorList
+
+                extra["logits_processor"] = LogitsProcessorList([sampler])
+            out = model.generate(**inputs, generation_config=config, **extra)
         finally:
             model.train(was_training)
     new = out[:, width:].cpu().tolist()
@@ -119,16 +170,32 @@ class RefinementRollout:
     of a group shares them, so their policy-gradient terms nearly cancel (the advantages of a
     group sum to 0) while the KL term holds them to the reference: training the refinement
     then moves the proposals less.
+    sample_proposals: None (greedy proposals) or {"temperature", "min_p", "seed"}: each
+    distinct prompt's proposal is drawn by a `SeededSampler` whose stream is seeded by
+    (seed, the trainer's global step, the prompt); the generator is then called with
+    `sampler=` that processor.
     The last rollout is kept in `last` (proposals, refinements) for inspection."""
 
     def __init__(self, request: str, proposal_tokens: int, refinement_tokens: int | None = None,
-                 generate: Callable = transformers_generate, anchor_proposal: bool = False):
+                 generate: Callable = transformers_generate, anchor_proposal: bool = False,
+                 sample_proposals: dict | None = None):
         self.request = request
         self.proposal_tokens = int(proposal_tokens)
         self.refinement_tokens = refinement_tokens
         self.generate = generate
         self.anchor_proposal = bool(anchor_proposal)
+        self.sample_proposals = dict(sample_proposals) if sample_proposals else None
         self.last: dict = {}
+
+    def _propose(self, trainer, encoded: list[dict], keys: list[str]) -> list[list[int]]:
+        """One proposal per distinct prompt: greedy, or a seeded draw (see the class)."""
+        if self.sample_proposals is None:
+            return self.generate(trainer, encoded, True, self.proposal_tokens).ids
+        s = self.sample_proposals
+        step = getattr(getattr(trainer, "state", None), "global_step", 0)
+        sampler = SeededSampler([stream_seed(s.get("seed", 0), step, key) for key in keys],
+                                s.get("temperature", 1.0), s.get("min_p", 0.0))
+        return self.generate(trainer, encoded, True, self.proposal_tokens, sampler=sampler).ids
 
     def _encode(self, processor, text: str, images: list) -> dict:
         enc = processor(text=[text], images=images or None, return_tensors="pt")
@@ -154,7 +221,7 @@ class RefinementRollout:
         def render(conversation):
             return apply_chat_template({"prompt": conversation}, processor, **kwargs)["prompt"]
 
-        # 1. One greedy proposal per distinct prompt.
+        # 1. One proposal per distinct prompt (greedy, or a seeded draw).
         texts = [render(p) for p in prompts]
         images = [_images_of(p) for p in prompts]
         keys = [_prompt_key(t, i) for t, i in zip(texts, images, strict=True)]
@@ -163,8 +230,8 @@ class RefinementRollout:
             first.setdefault(key, k)
         distinct = list(first.values())
         encoded = {k: self._encode(processor, texts[k], images[k]) for k in distinct}
-        proposed = self.generate(trainer, [encoded[k] for k in distinct], True,
-                                 self.proposal_tokens).ids
+        proposed = self._propose(trainer, [encoded[k] for k in distinct],
+                                 [keys[k] for k in distinct])
         proposal = {keys[k]: tok.decode(ids, skip_special_tokens=True)
                     for k, ids in zip(distinct, proposed, strict=True)}
 

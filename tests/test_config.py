@@ -202,3 +202,15 @@ def test_trainable_is_checked():
     with pytest.raises(ConfigError, match=r"grpo_stage2: trainable refinement_tokens with lora"):
         load_config(None, {"grpo_stage2": {"trainable": "refinement_tokens",
                                            "lora": {"r": 8}}})
+
+
+def test_sampled_proposals_are_stage2_on_policy_only():
+    assert load_config(None).grpo_stage2.proposal == "greedy"
+    cfg = load_config(None, {"grpo_stage2": {"proposal": "sampled"}})
+    assert cfg.grpo_stage2.proposal == "sampled"
+    with pytest.raises(ConfigError, match="grpo_stage2.proposal: expected greedy or sampled"):
+        load_config(None, {"grpo_stage2": {"proposal": "beam"}})
+    with pytest.raises(ConfigError, match="grpo_stage1.proposal: sampled proposals are made by"):
+        load_config(None, {"grpo_stage1": {"proposal": "sampled"}})
+    with pytest.raises(ConfigError, match="grpo_stage2.proposal: sampled proposals are made by"):
+        load_config(None, {"grpo_stage2": {"proposal": "sampled", "on_policy": False}})

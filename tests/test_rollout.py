@@ -283,3 +283,126 @@ def test_stage2_trained_on_refinement_rows_keeps_every_other_weight(grid8_model,
     with torch.no_grad():
         a, b = fresh(**batch).logits, trained(**batch).logits
     assert torch.equal(a[..., other], b[..., other]) and not torch.equal(a, b)
+
+
+def test_seeded_sampler_draws_from_the_softmax_and_honours_min_p():
+    import math
+
+    import torch
+
+    from rl.rollout import SeededSampler
+
+    logits = torch.tensor([math.log(0.6), math.log(0.3), math.log(0.1)])
+    n = 4000
+    picks = SeededSampler(range(n))(torch.zeros(n, 5, dtype=torch.long),
+                                    logits.repeat(n, 1)).argmax(-1)
+    share = torch.bincount(picks, minlength=3).float() / n
+    assert torch.allclose(share, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+    # min_p 0.4: 0.1 < 0.4 x 0.6 is never drawn, 0.3 still is (in proportion 2:1).
+    picks = SeededSampler(range(n), min_p=0.4)(torch.zeros(n, 5, dtype=torch.long),
+                                               logits.repeat(n, 1)).argmax(-1)
+    counts = torch.bincount(picks, minlength=3)
+    assert counts[2] == 0 and abs(counts[1] / n - 1 / 3) < 0.03
+    # Temperature: at 0.25 the odds 0.6 : 0.3 become 16 : 1.
+    picks = SeededSampler(range(n), temperature=0.25)(torch.zeros(n, 5, dtype=torch.long),
+                                                      logits.repeat(n, 1)).argmax(-1)
+    assert abs((picks == 0).float().mean().item() - 0.6 ** 4 / (0.6 ** 4 + 0.3 ** 4 + 0.1 ** 4)
+               ) < 0.02
+    with pytest.raises(ValueError, match="temperature"):
+        SeededSampler([0], temperature=0.0)
+
+
+def test_a_seeded_draw_depends_on_its_seed_and_token_index_not_on_its_batch():
+    import torch
+
+    from rl.rollout import SeededSampler
+
+    scores = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+    alone = SeededSampler([7])
+    a0 = alone(torch.zeros(1, 3, dtype=torch.long), scores)
+    a1 = alone(torch.zeros(1, 4, dtype=torch.long), scores)  # the next token
+    # Decoded beside another prompt, padded to a longer prompt: the same two draws.
+    batch = SeededSampler([11, 7])
+    b0 = batch(torch.zeros(2, 9, dtype=torch.long), scores.repeat(2, 1))
+    b1 = batch(torch.zeros(2, 10, dtype=torch.long), scores.repeat(2, 1))
+    assert torch.equal(a0[0], b0[1]) and torch.equal(a1[0], b1[1])
+    assert not torch.equal(a0[0], a1[0]) and not torch.equal(b0[0], b0[1])
+
+
+class Seeds(Script):
+    """The script, recording the seeded sampler each proposal call receives."""
+
+    def __init__(self, tokenizer, rows):
+        super().__init__(tokenizer, rows)
+        self.samplers = []
+
+    def __call__(self, trainer, encoded, greedy, max_new_tokens, sampler=None):
+        if greedy:
+            self.samplers.append(sampler)
+        return super().__call__(trainer, encoded, greedy, max_new_tokens)
+
+
+def test_sampled_proposals_are_one_seeded_draw_per_prompt_and_step(grid8_model):
+    from transformers import AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    from rl.rollout import stream_seed
+
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    rows = rows_with_boxes(2)
+
+    class State:
+        global_step = 5
+
+    class Trainer:
+        processing_class = proc
+        chat_template_kwargs = {}
+        eos_token_ids = [proc.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        max_completion_length = 24
+        state = State()
+
+    prompts = [prepare_multimodal_messages(r["prompt"], images=[r["image"]])
+               for r in rows for _ in range(3)]
+    script = Seeds(proc.tokenizer, rows)
+    rollout = RefinementRollout(PROMPTS["stage2"], 24, generate=script,
+                                sample_proposals={"temperature": 0.7, "min_p": 0.05, "seed": 3})
+    out = rollout(prompts, Trainer())
+    sampler = script.samplers[0]
+    assert len(sampler.seeds) == 2 and sampler.seeds[0] != sampler.seeds[1]
+    assert (sampler.temperature, sampler.min_p) == (0.7, 0.05)
+    assert out["stage1"][:3] == [out["stage1"][0]] * 3  # a group shares its proposal
+    # The next step draws from other streams; the same step on another process (a group
+    # split in two: its second prompt's entries only) from the same one.
+    Trainer.state.global_step = 6
+    rollout(prompts, Trainer())
+    assert not set(script.samplers[1].seeds) & set(sampler.seeds)
+    Trainer.state.global_step = 5
+    rollout(prompts[3:], Trainer())
+    assert script.samplers[2].seeds == sampler.seeds[1:]
+    assert stream_seed(3, 5, "k") == stream_seed(3, 5, "k") != stream_seed(3, 6, "k")
+    # Greedy proposals (the default) get no sampler.
+    RefinementRollout(PROMPTS["stage2"], 24, generate=script)(prompts, Trainer())
+    assert script.samplers[3] is None
+
+
+def test_a_sampled_proposal_is_the_same_in_any_batch_on_the_real_model(scripted):
+    from rl.rollout import SeededSampler, transformers_generate
+
+    trainer, _, rows, _ = scripted
+    proc = trainer.processing_class
+    rollout = RefinementRollout(PROMPTS["stage2"], 24)
+    texts = [proc.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+             for r in rows[:2]]
+    enc = [rollout._encode(proc, t, [r["image"]]) for t, r in zip(texts, rows[:2], strict=True)]
+    # A longer second prompt, so the first is padded in the pair.
+    enc[1] = dict(enc[1], input_ids=enc[1]["input_ids"][:1] * 5 + enc[1]["input_ids"])
+    if "mm_token_type_ids" in enc[1]:
+        enc[1]["mm_token_type_ids"] = [0] * 5 + enc[1]["mm_token_type_ids"]
+    alone = transformers_generate(trainer, enc[:1], True, 12, sampler=SeededSampler([42])).ids
+    pair = transformers_generate(trainer, enc, True, 12, sampler=SeededSampler([42, 9])).ids
+    assert alone[0] == pair[0]
+    # Different streams draw different answers from the untrained model (near-uniform).
+    draws = {tuple(transformers_generate(trainer, enc[:1], True, 12,
+                                         sampler=SeededSampler([s])).ids[0]) for s in range(4)}
+    greedy = tuple(transformers_generate(trainer, enc[:1], True, 12).ids[0])
+    assert len(draws) > 1 and draws != {greedy}
