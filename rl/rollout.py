@@ -103,7 +103,7 @@ class SeededSampler:
 
 
 def stream_seed(*parts) -> int:
-    """A 62-bit seed from any strings and numbers (the same on every process)."""
+    """A 60-bit seed from any strings and numbers (the same on every process)."""
     h = hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()
     return int(h[:15], 16)
 
