@@ -14,12 +14,21 @@ object"). Three questions, each a subcommand:
   model's greedy proposal, its own refinement round, and the oracle's round (the targets the
   stage-2 rewards score as right, `rl.data.policy_refinement.refinement_lines`): gIoU after
   each with paired intervals (the oracle's is the most one round can give these proposals),
-  and what the model did to each point the oracle would keep, move or delete.
+  and what the model did to each point the oracle would keep, move or delete;
+- `sharpening`: what stage 2 changed in the refinements the policy samples. On the same scenes,
+  the checkpoint before stage 2 (`--before`, default grpo_stage1) and after it (`--stage`)
+  each refine their own greedy proposal: `--samples` refinements sampled as stage 2 samples
+  them (its temperature and min_p, the same seed for both) and one greedy refinement, all
+  scored by the run's stage-2 rewards (`rl.evaluate.sampled_rewards`). If the sampled
+  reward rises by the gap between the earlier policy's sampled and greedy refinements and
+  the greedy refinement is unchanged, the stage only collapsed its sampling onto the answer
+  the policy already gave greedily (README, "What stage 2 learns").
 
     python -m rl.diagnose attributes runs/default [--stage sft] [--n 400]
     python -m rl.diagnose captions runs/x --objects 2 4
     python -m rl.diagnose inventory runs/x --objects 2 2 --distractors shape
     python -m rl.diagnose refinements runs/default --stage grpo_stage2 --n 1000
+    python -m rl.diagnose sharpening runs/default --stage grpo_stage2 --n 256
 
 Scenes come from seed `data.seed + 2,000,014` (neither training, held-out nor validation) and
 carry attribute rows only (`refinements`: the run's expression kinds). Prints one JSON object.
@@ -210,6 +219,35 @@ def refinement_report(model, rows: Sequence[dict], ctx, max_new_tokens: int) -> 
             **refinement_table(answers, oracles)}
 
 
+def sharpening_report(models: dict, rows: Sequence[dict], ctx, stage, samples: int, seed: int,
+                      max_new_tokens: int, proposal_tokens: int) -> dict:
+    """`sharpening` (module doc): `models` maps "before" and "after" to checkpoints; `stage`
+    is the run's grpo_stage2 section (its rewards, temperature and min_p)."""
+    from rl.evaluate import sampled_rewards
+    from rl.metrics import paired_difference
+
+    greedy = dataclasses.replace(stage, temperature=None, min_p=0.0)
+    scores = {}
+    for name, model in models.items():
+        for how, st, k in (("sampled", stage, samples), ("greedy", greedy, 1)):
+            scores[(name, how)] = sampled_rewards(model, rows, ctx, st, "grpo_stage2", k,
+                                                  seed=seed, max_new_tokens=max_new_tokens,
+                                                  proposal_tokens=proposal_tokens)
+
+    def diff(a, b):
+        d = paired_difference(scores[a], scores[b])
+        return {"difference": d["difference"], "interval": d["interval"]}
+
+    return {"rows": len(rows), "samples": samples,
+            "reward": {f"{name}_{how}": sum(v) / len(v) for (name, how), v in scores.items()},
+            "after_sampled_minus_before_sampled": diff(("after", "sampled"),
+                                                       ("before", "sampled")),
+            "before_greedy_minus_before_sampled": diff(("before", "greedy"),
+                                                       ("before", "sampled")),
+            "after_sampled_minus_after_greedy": diff(("after", "sampled"), ("after", "greedy")),
+            "after_greedy_minus_before_greedy": diff(("after", "greedy"), ("before", "greedy"))}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -221,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(prog="python -m rl.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["attributes", "captions", "inventory", "refinements"])
+    p.add_argument("what", choices=["attributes", "captions", "inventory", "refinements",
+                                    "sharpening"])
     p.add_argument("run", help="a run folder (config.json and the stage's checkpoint)")
     p.add_argument("--stage", default="sft")
     p.add_argument("--n", type=int, default=400, help="scenes")
@@ -229,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="objects per scene (default: the run's data.objects)")
     p.add_argument("--distractors", default="share")
     p.add_argument("--max-new-tokens", type=int, default=90)
+    p.add_argument("--before", default="grpo_stage1",
+                   help="sharpening: the checkpoint before the stage (default grpo_stage1)")
+    p.add_argument("--samples", type=int, default=8,
+                   help="sharpening: sampled refinements per scene")
     args = p.parse_args(argv)
 
     cfg = load_config(f"{args.run}/config.json")
@@ -238,11 +281,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ctx = RunContext.from_config(cfg, processor)
     build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec,
                         image_after_text=cfg.data.image_after_text)
-    if args.what == "refinements":
+    if args.what in ("refinements", "sharpening"):
         recs = _scenes(cfg, args.n, args.objects or cfg.data.objects, cfg.data.distractors,
                        cfg.data.kinds)
         rows = list(build_grpo_stage1(recs, ctx.prompts, build))
-        result = refinement_report(model, rows, ctx, args.max_new_tokens)
+        if args.what == "refinements":
+            result = refinement_report(model, rows, ctx, args.max_new_tokens)
+        else:
+            before = AutoModelForImageTextToText.from_pretrained(
+                f"{args.run}/{args.before}", use_kernels=False).eval()
+            result = sharpening_report({"before": before, "after": model}, rows, ctx,
+                                       cfg.grpo_stage2, args.samples, cfg.seed,
+                                       args.max_new_tokens, cfg.grpo_stage1.max_completion_length)
+            result = {"before": args.before, **result}
         result = {"run": args.run, "stage": args.stage, "what": args.what, **result}
         print(json.dumps(result, indent=2))
         return result

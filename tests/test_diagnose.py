@@ -83,7 +83,8 @@ def test_inventory_table_of_perfect_and_wrong_answers():
     assert inventory_table(recs[:1], ["garbage"], v)["answer_copies_an_entry"] == 0.0
 
 
-@pytest.mark.parametrize("what", ["attributes", "captions", "inventory", "refinements"])
+@pytest.mark.parametrize("what", ["attributes", "captions", "inventory", "refinements",
+                                  "sharpening"])
 def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
     import shutil
 
@@ -92,15 +93,27 @@ def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
 
     run = tmp_path / "run"
     shutil.copytree(grid8_model, run / "sft")
-    cfg = load_config(None, {"model": {"grid_size": 8}, "output_dir": str(run)})
+    extra = []
+    if what == "sharpening":  # the same checkpoint before and after: nothing changed
+        extra = ["--before", "sft", "--stage", "sft", "--samples", "2"]
+    cfg = load_config(None, {"model": {"grid_size": 8}, "output_dir": str(run),
+                             "grpo_stage2": {"rewards": {"refine_format": 1.0,
+                                                         "point_refine": 1.0}}})
     (run / "config.json").write_text(json.dumps(to_dict(cfg)))
-    result = main([what, str(run), "--n", "4", "--objects", "2", "2", "--max-new-tokens", "8"])
+    result = main([what, str(run), "--n", "4", "--objects", "2", "2", "--max-new-tokens", "8",
+                   *extra])
     assert result["what"] == what
     if what == "attributes":
         assert sum(v["rows"] for k, v in result.items()
                    if isinstance(v, dict) and k.startswith("needs")) == 4
     else:
         assert result["rows"] == 4
+    if what == "sharpening":
+        r = result["reward"]
+        assert r["before_sampled"] == r["after_sampled"] and r["before_greedy"] == r["after_greedy"]
+        assert result["after_greedy_minus_before_greedy"]["difference"] == 0.0
+        d = result["before_greedy_minus_before_sampled"]["difference"]
+        assert d == pytest.approx(r["before_greedy"] - r["before_sampled"])
     if what == "refinements":
         g = result["gIoU"]
         assert g["oracle_round"] >= g["proposal"] - 1e-9  # the oracle never spoils a proposal
