@@ -1,5 +1,5 @@
 """What a checkpoint reads and sees, on fresh synthetic scenes (README, "Binding a word to an
-object"). Three questions, each a subcommand:
+object"). Five questions, each a subcommand:
 
 - `attributes`: on attribute rows of scenes of the default's kind, which object the model picks,
   split by what tells the named object apart (only its colour, only its shape, both), and by
@@ -31,7 +31,8 @@ object"). Three questions, each a subcommand:
     python -m rl.diagnose sharpening runs/default --stage grpo_stage2 --n 256
 
 Scenes come from seed `data.seed + 2,000,014` (neither training, held-out nor validation) and
-carry attribute rows only (`refinements`: the run's expression kinds). Prints one JSON object.
+carry attribute rows only (`refinements`, `sharpening`: the run's expression kinds). Prints
+one JSON object.
 """
 
 from __future__ import annotations
