@@ -224,16 +224,21 @@ def sharpening_report(models: dict, rows: Sequence[dict], ctx, stage, samples: i
                       max_new_tokens: int, proposal_tokens: int) -> dict:
     """`sharpening` (module doc): `models` maps "before" and "after" to checkpoints; `stage`
     is the run's grpo_stage2 section (its rewards, temperature and min_p)."""
-    from rl.evaluate import sampled_rewards
+    from rl.evaluate import generate, sampled_rewards
     from rl.metrics import paired_difference
 
     greedy = dataclasses.replace(stage, temperature=None, min_p=0.0)
     scores = {}
     for name, model in models.items():
+        model.eval()
+        # Each policy's greedy proposals once, refined both ways.
+        proposals = generate(model, ctx.processor, [r["prompt"] for r in rows],
+                             [r["image"] for r in rows], proposal_tokens)
         for how, st, k in (("sampled", stage, samples), ("greedy", greedy, 1)):
             scores[(name, how)] = sampled_rewards(model, rows, ctx, st, "grpo_stage2", k,
                                                   seed=seed, max_new_tokens=max_new_tokens,
-                                                  proposal_tokens=proposal_tokens)
+                                                  proposal_tokens=proposal_tokens,
+                                                  proposals=proposals)
 
     def diff(a, b):
         d = paired_difference(scores[a], scores[b])

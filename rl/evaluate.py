@@ -311,13 +311,15 @@ def evaluate_rows(model, rows, ctx: RunContext, settings: EvalSettings
 
 def sampled_rewards(model, rows: Sequence[dict], ctx: RunContext, stage, stage_name: str,
                     samples: int, seed: int = 0, max_new_tokens: int = 64,
-                    batch_size: int = 32, proposal_tokens: int | None = None) -> list[float]:
+                    batch_size: int = 32, proposal_tokens: int | None = None,
+                    proposals: Sequence[str] | None = None) -> list[float]:
     """Each row's mean weighted reward of stage `stage_name` (a GRPOStageConfig) over `samples`
     completions sampled at the stage's temperature and `min_p`, scored by the stage's reward
     functions as TRL scores them (a term that returns None counts 0, as in TRL's nansum).
     For `grpo_stage2` the completions are refinements of the policy's own greedy proposal (at
     most `proposal_tokens` tokens), after the refinement request, as on-policy stage 2 samples
-    them (rl.rollout).
+    them (rl.rollout). `proposals`: those greedy proposals when the caller already has them
+    (greedy decoding draws nothing from the random state, so the figures are the same).
 
     torch's random state is forked and seeded with `seed`: two policies are sampled with the
     same seed, and the caller's random state (a training run's) is left as it was. Fixed rows
@@ -337,8 +339,9 @@ def sampled_rewards(model, rows: Sequence[dict], ctx: RunContext, stage, stage_n
         if stage_name == "grpo_stage2":
             # The rollout's dialogue (rl.rollout): a greedy proposal, the request, sampled
             # refinements of it; the rewards read the proposal from the `stage1` column.
-            proposals = generate(model, ctx.processor, [r["prompt"] for r in rows], images,
-                                 proposal_tokens or max_new_tokens, batch_size)
+            if proposals is None:
+                proposals = generate(model, ctx.processor, [r["prompt"] for r in rows], images,
+                                     proposal_tokens or max_new_tokens, batch_size)
             convs = [list(r["prompt"]) + [assistant_turn(t), user_turn(ctx.prompts["stage2"])]
                      for r, t in zip(rows, proposals, strict=True)]
         else:
