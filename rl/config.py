@@ -220,6 +220,12 @@ class GRPOStageConfig:
     # Sampled proposals hold more errors to refine; on the default task they gave the
     # refinement terms more signal and the same final model (README, "Sampled proposals").
     proposal: str = "greedy"
+    # Stage 2: which of its `n_prompts` prompts it trains on. "all", or "proposed": the ones on
+    # which the policy starting the stage proposes an instance (greedy, as evaluation does).
+    # A prompt with an empty proposal has nothing to refine: every refinement scores 0, so its
+    # group carries no advantage and the stage's logged mean moves with how many of them a
+    # step draws (README, "Stage 2 trains on prompts with a proposal").
+    prompts: str = "all"
     # What the stage trains: "all" (every parameter the model trains), or "refinement_tokens"
     # (stage 2 only: the embedding and LM-head rows of the offset tokens and `<DELETE>`, the
     # tokens only a refinement writes; rl.training.refinement_rows_only). With the rest frozen
@@ -450,6 +456,12 @@ def check(cfg: RunConfig, where: str) -> None:
         if stage.proposal == "sampled" and not (name == "grpo_stage2" and stage.on_policy):
             raise ConfigError(f"{where}.{name}.proposal: sampled proposals are made by "
                               f"on-policy stage 2's rollout only; expected greedy")
+        if stage.prompts not in ("all", "proposed"):
+            raise ConfigError(f"{where}.{name}.prompts: expected all or proposed, got "
+                              f"{stage.prompts!r}")
+        if stage.prompts == "proposed" and name != "grpo_stage2":
+            raise ConfigError(f"{where}.{name}.prompts: proposed keeps the prompts the policy "
+                              f"proposes for, which only stage 2 refines; expected all")
         if not 0.0 <= stage.min_p < 1.0:
             raise ConfigError(f"{where}.{name}.min_p: expected a share in [0, 1) of the most "
                               f"likely token's probability (0: off), got {stage.min_p!r}")

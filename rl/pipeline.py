@@ -511,6 +511,8 @@ class Pipeline:
         if s2.enabled:
             def train_stage2(model, reference=current):
                 rows = grpo_rows[: s2.n_prompts or len(grpo_rows)]
+                if s2.prompts == "proposed":
+                    rows = self._proposed_rows(model, rows)
                 before = self._fixed_prompt_rewards(model, rows, "grpo_stage2")
                 model, hist = self._stage2(model, rows, reference=reference)
                 if before is not None:
@@ -769,6 +771,32 @@ class Pipeline:
             self.curves.offset = sft.max_steps
         model.train()
         return run_sft(stage, self.stage_context("sft"), model, ds)
+
+    def _proposed_rows(self, model, rows: list[dict]) -> list[dict]:
+        """Stage 2's prompts on which `model` (the policy starting the stage) proposes at least
+        one instance, greedily as evaluation does (`grpo_stage2.prompts: proposed`). Counted
+        in `metrics["stage2_prompts"]`; when it proposes for none, every prompt is kept (and
+        said), since the stage has nothing else to train on."""
+        from rl.evaluate import generate
+
+        cfg = self.cfg
+        model.eval()
+        proposals = generate(model, self.ctx.processor, [r["prompt"] for r in rows],
+                             [r["image"] for r in rows], cfg.grpo_stage1.max_completion_length,
+                             cfg.eval.batch_size)
+        model.train()
+        kept = [r for r, text in zip(rows, proposals, strict=True)
+                if self.codec.parse_answer(text).instances]
+        left = len(rows) - len(kept)
+        self.metrics["stage2_prompts"] = {"candidates": len(rows), "kept": len(kept),
+                                          "left_out": {"no instance proposed": left}}
+        if not kept:
+            log(f"grpo_stage2: the policy proposes no instance on any of its {len(rows)} "
+                f"prompts; all of them kept (every refinement will score 0)")
+            return rows
+        log(f"grpo_stage2: {len(kept)} of {len(rows)} prompts have a proposal to refine "
+            f"({left} left out: the policy proposes no instance on them)")
+        return kept
 
     def _stage2(self, model, rows, reference) -> tuple:
         """Stage 2: on-policy in one trainer (`grpo_stage2.on_policy`, rl.rollout), or in

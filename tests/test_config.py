@@ -214,3 +214,14 @@ def test_sampled_proposals_are_stage2_on_policy_only():
         load_config(None, {"grpo_stage1": {"proposal": "sampled"}})
     with pytest.raises(ConfigError, match="grpo_stage2.proposal: sampled proposals are made by"):
         load_config(None, {"grpo_stage2": {"proposal": "sampled", "on_policy": False}})
+
+
+def test_stage_prompts_setting_is_checked(tmp_path):
+    default = ROOT / "configs" / "default.yaml"
+    base = {"output_dir": str(tmp_path)}
+    assert load_config(default, {**base, "grpo_stage2": {"prompts": "proposed"}}
+                       ).grpo_stage2.prompts == "proposed"
+    with pytest.raises(ConfigError, match=r"grpo_stage2\.prompts: expected all or proposed"):
+        load_config(default, {**base, "grpo_stage2": {"prompts": "some"}})
+    with pytest.raises(ConfigError, match=r"grpo_stage1\.prompts: proposed keeps the prompts"):
+        load_config(default, {**base, "grpo_stage1": {"prompts": "proposed"}})

@@ -198,6 +198,9 @@ def test_stage2_is_one_on_policy_trainer_with_signal_shares_logged(run):
     assert {"point_refine/nonzero", "box_refine/nonzero", "mask_gain/nonzero",
             "refine_format/complete"} <= logged
     assert "point_refine/nonzero" in metrics["rewards"]["grpo_stage2"]
+    chosen = metrics["stage2_prompts"]  # the default recipe's grpo_stage2.prompts: proposed
+    assert chosen["candidates"] == 8
+    assert chosen["kept"] + chosen["left_out"]["no instance proposed"] == 8
     entries = [e for e in hist if "reward" in e]
     # The share of groups without reward variance (no advantage), as TRL logged it.
     zero = metrics["rewards"]["grpo_stage2"]["frac_reward_zero_std"]
@@ -434,3 +437,49 @@ def test_fixed_prompt_rewards_are_measured_in_single_process_runs_only(tmp_path,
         assert Pipeline(cfg)._fixed_prompt_rewards(None, [{}], stage) is None
         assert f"{stage}'s reward on fixed prompts is measured in single-process runs only" in (
             capsys.readouterr().out)
+
+
+def test_stage2_keeps_the_prompts_its_policy_proposes_for(tmp_path, monkeypatch, capsys):
+    # grpo_stage2.prompts: proposed: the starting policy's greedy proposal on each candidate
+    # prompt (scripted here), and only the prompts with an instance kept, in their order.
+    import rl.evaluate
+
+    cfg = load_config(ROOT / "configs" / "default.yaml", {
+        "output_dir": str(tmp_path), "grpo_stage2": {"prompts": "proposed"},
+        "data": {"prompts": str(ROOT / "configs" / "default_prompts.yaml")}})
+    pipe = Pipeline(cfg)
+    grid = pipe.vocab.grid_token
+    answers = [f"<think></think><answer>\n<seg>{grid(1, 2)}</seg>\n</answer>",
+               "<think></think><answer></answer>",  # "no target": nothing to refine
+               "not an answer at all",
+               f"<answer>\n<box>{grid(0, 0)}{grid(3, 3)}</box>\n</answer>"]
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "image": None, "id": i}
+            for i in range(4)]
+    calls = []
+
+    def scripted(model, processor, convs, images, max_new_tokens=64, batch_size=32, **kw):
+        calls.append((max_new_tokens, batch_size, kw))
+        assert list(convs) == [r["prompt"] for r in rows]
+        return list(answers)
+
+    class Policy:
+        training = True
+
+        def eval(self):
+            self.training = False
+
+        def train(self, mode=True):
+            self.training = mode
+
+    monkeypatch.setattr(rl.evaluate, "generate", scripted)
+    policy = Policy()
+    kept = pipe._proposed_rows(policy, rows)
+    assert [r["id"] for r in kept] == [0, 3] and policy.training
+    assert calls == [(cfg.grpo_stage1.max_completion_length, cfg.eval.batch_size, {})]  # greedy
+    assert pipe.metrics["stage2_prompts"] == {"candidates": 4, "kept": 2,
+                                              "left_out": {"no instance proposed": 2}}
+    assert "2 of 4 prompts have a proposal to refine" in capsys.readouterr().out
+    # A policy that proposes for none leaves every prompt in, and says so.
+    answers[:] = ["<answer></answer>"] * 4
+    assert pipe._proposed_rows(policy, rows) == rows
+    assert "proposes no instance on any of its 4 prompts" in capsys.readouterr().out
