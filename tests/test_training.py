@@ -462,17 +462,8 @@ def test_stage2_keeps_the_prompts_its_policy_proposes_for(tmp_path, monkeypatch,
         assert list(convs) == [r["prompt"] for r in rows]
         return list(answers)
 
-    class Policy:
-        training = True
-
-        def eval(self):
-            self.training = False
-
-        def train(self, mode=True):
-            self.training = mode
-
     monkeypatch.setattr(rl.evaluate, "generate", scripted)
-    policy = Policy()
+    policy = torch.nn.Linear(1, 1)  # a module whose train / eval mode the pass must restore
     kept = pipe._proposed_rows(policy, rows)
     assert [r["id"] for r in kept] == [0, 3] and policy.training
     assert calls == [(cfg.grpo_stage1.max_completion_length, cfg.eval.batch_size, {})]  # greedy
