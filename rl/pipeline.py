@@ -780,11 +780,12 @@ class Pipeline:
         from rl.evaluate import generate
 
         cfg = self.cfg
+        training = model.training
         model.eval()
         proposals = generate(model, self.ctx.processor, [r["prompt"] for r in rows],
                              [r["image"] for r in rows], cfg.grpo_stage1.max_completion_length,
                              cfg.eval.batch_size)
-        model.train()
+        model.train(training)
         kept = [r for r, text in zip(rows, proposals, strict=True)
                 if self.codec.parse_answer(text).instances]
         left = len(rows) - len(kept)

@@ -465,12 +465,13 @@ def test_stage2_keeps_the_prompts_its_policy_proposes_for(tmp_path, monkeypatch,
     monkeypatch.setattr(rl.evaluate, "generate", scripted)
     policy = torch.nn.Linear(1, 1)  # a module whose train / eval mode the pass must restore
     kept = pipe._proposed_rows(policy, rows)
-    assert [r["id"] for r in kept] == [0, 3] and policy.training
+    assert [r["id"] for r in kept] == [0, 3] and policy.training  # its mode restored
     assert calls == [(cfg.grpo_stage1.max_completion_length, cfg.eval.batch_size, {})]  # greedy
     assert pipe.metrics["stage2_prompts"] == {"candidates": 4, "kept": 2,
                                               "left_out": {"no instance proposed": 2}}
     assert "2 of 4 prompts have a proposal to refine" in capsys.readouterr().out
     # A policy that proposes for none leaves every prompt in, and says so.
     answers[:] = ["<answer></answer>"] * 4
-    assert pipe._proposed_rows(policy, rows) == rows
+    policy.eval()
+    assert pipe._proposed_rows(policy, rows) == rows and not policy.training
     assert "proposes no instance on any of its 4 prompts" in capsys.readouterr().out
