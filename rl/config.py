@@ -218,13 +218,14 @@ class GRPOStageConfig:
     # distribution stage 1 trained), from a random stream of its own per prompt and step, so
     # every process holding a member of a group draws the same one (rl.rollout.SeededSampler).
     # Sampled proposals hold more errors to refine; on the default task they gave the
-    # refinement terms more signal and the same final model (README, "Sampled proposals").
+    # refinement terms more signal and the same final model (docs/experiments.md, "Sampled
+    # proposals").
     proposal: str = "greedy"
     # Stage 2: which of its `n_prompts` prompts it trains on. "all", or "proposed": the ones on
     # which the policy starting the stage proposes an instance (greedy, as evaluation does).
     # A prompt with an empty proposal has nothing to refine: every refinement scores 0, so its
     # group carries no advantage and the stage's logged mean moves with how many of them a
-    # step draws (README, "Stage 2 trains on prompts with a proposal").
+    # step draws (docs/experiments.md, "Stage 2 trains on prompts with a proposal").
     prompts: str = "all"
     # What the stage trains: "all" (every parameter the model trains), or "refinement_tokens"
     # (stage 2 only: the embedding and LM-head rows of the offset tokens and `<DELETE>`, the

@@ -1,5 +1,5 @@
-"""What a checkpoint reads and sees, on fresh synthetic scenes (README, "Binding a word to an
-object"). Five questions, each a subcommand:
+"""What a checkpoint reads and sees, on fresh synthetic scenes (docs/experiments.md, "Binding a
+word to an object"). Five questions, each a subcommand:
 
 - `attributes`: on attribute rows of scenes of the default's kind, which object the model picks,
   split by what tells the named object apart (only its colour, only its shape, both), and by
@@ -22,7 +22,7 @@ object"). Five questions, each a subcommand:
   scored by the run's stage-2 rewards (`rl.evaluate.sampled_rewards`). If the sampled
   reward rises by the gap between the earlier policy's sampled and greedy refinements and
   the greedy refinement is unchanged, the stage only collapsed its sampling onto the answer
-  the policy already gave greedily (README, "What stage 2 learns").
+  the policy already gave greedily (docs/experiments.md, "What stage 2 learns").
 
     python -m rl.diagnose attributes runs/default [--stage sft] [--n 400]
     python -m rl.diagnose captions runs/x --objects 2 4

@@ -1,15 +1,15 @@
 """Eyes for the tiny model: its vision tower pre-trained on the synthetic scenes' objects.
 
 A real vision-language model arrives with a pre-trained vision tower; the tiny offline one is
-random, and through the language model's loss it learns no shape in a cold start's budget
-(asked "Describe <box>…</box>." after 3,000 steps with captioning rows, it named the shape at the
-box 0.26 of the time, the colour 0.85; README, "Binding a word to an object"). This trains the
-tower alone, as a model-building step before the spatial vocabulary is added: a linear head
-reads the colour and the shape of every object of a scene from the coverage-weighted mean of the
-visual tokens the object covers (tokens covered at least a quarter; the most-covered one when
-none is), with a cross-entropy for each, by a `transformers.Trainer`. The head is then dropped
-and the patch merger's last layer scaled so the visual tokens' mean norm is `output_norm` (the
-trained tower's tokens are ~15 against ~0.2 for the word embeddings at initialization).
+random, and through the language model's loss it learns no shape in a cold start's budget (asked
+"Describe <box>…</box>." after 3,000 steps with captioning rows, it named the shape at the box 0.26
+of the time, the colour 0.85; docs/experiments.md, "Binding a word to an object"). This trains the
+tower alone, as a model-building step before the spatial vocabulary is added: a linear head reads
+the colour and the shape of every object of a scene from the coverage-weighted mean of the visual
+tokens the object covers (tokens covered at least a quarter; the most-covered one when none is),
+with a cross-entropy for each, by a `transformers.Trainer`. The head is then dropped and the patch
+merger's last layer scaled so the visual tokens' mean norm is `output_norm` (the trained tower's
+tokens are ~15 against ~0.2 for the word embeddings at initialization).
 """
 
 from __future__ import annotations

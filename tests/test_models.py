@@ -119,7 +119,7 @@ def test_default_recipe_lets_attention_tell_image_columns_apart(tmp_path):
     # The language model learns where an image token sits only through multimodal RoPE, which
     # gives columns the last (lowest) rotary frequencies. Base 20 turned them by <= 0.46 rad
     # across the 4x4 image and the model answered stock boxes; the default must turn every
-    # column frequency by at least 1.5 rad across the image (README, "What was tried").
+    # column frequency by at least 1.5 rad across the image (docs/experiments.md, "What was tried").
     from rl.config import load_config
     from rl.models import build_tiny_qwen2_5_vl
 
