@@ -567,11 +567,20 @@ def seeded_runs(named: list[tuple[str, str]], task: dict, out: Path, seeds: int)
     return runs
 
 
-def count_trainings(cfgs: list[RunConfig]) -> int:
+def count_trainings(cfgs: list[RunConfig], done=(), complete=()) -> int:
     """How many stage trainings `cfgs` need: stages with the same recipe prefix (`stage_key`)
-    are trained once and shared."""
-    return len({stage_key(cfg, stage) for cfg in cfgs for stage in STAGES
-                if getattr(cfg, stage).enabled})
+    are trained once and shared. As the runner reuses them, a run whose whole recipe ran to
+    the end (`complete`: run keys, `scan_complete`) trains nothing, and a run's leading stages
+    already finished (`done`: stage keys, `scan_finished`) are not trained again."""
+    train = set()
+    for cfg in cfgs:
+        if run_key(cfg) in complete:
+            continue
+        stages = [s for s in STAGES if getattr(cfg, s).enabled]
+        keys = [stage_key(cfg, s) for s in stages]
+        first = next((i for i, k in enumerate(keys) if k not in done), len(keys))
+        train.update(keys[first:])
+    return len(train)
 
 
 def run_variant(cfg: RunConfig, launcher: str | None) -> dict:
@@ -638,18 +647,21 @@ def main(argv=None) -> list[dict]:
     runs = seeded_runs(named, task, out, a.seeds)     # (name, path, cfg, full cfg of its seed)
     for name, path, cfg, full_cfg in runs[::a.seeds]:
         print(f"[ablate] {name:28s} {path}: {', '.join(differences(cfg, full_cfg)) or 'full'}")
-    trainings = count_trainings([cfg for _, _, cfg, _ in runs])
-    print(f"[ablate] {len(named)} variants x {a.seeds} seed(s): {trainings} stage trainings "
-          "(stages with identical recipes trained once)")
-    if a.dry_run:
-        return []
-    out.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     complete: dict[str, Path] = {}
     for folder in [out, *a.reuse]:
         done.update({k: v for k, v in scan_finished(Path(folder)).items() if k not in done})
         complete.update({k: v for k, v in scan_complete(Path(folder)).items()
                          if k not in complete})
+    cfgs = [cfg for _, _, cfg, _ in runs]
+    trainings = count_trainings(cfgs, done, complete)
+    finished = count_trainings(cfgs) - trainings
+    print(f"[ablate] {len(named)} variants x {a.seeds} seed(s): {trainings} stage trainings "
+          "(stages with identical recipes trained once"
+          + (f"; {finished} finished in --out or --reuse, reused)" if finished else ")"))
+    if a.dry_run:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     t_start = time.perf_counter()
     for name, path, cfg, full_cfg in runs:

@@ -67,7 +67,7 @@ def test_every_ablation_file_changes_one_thing(capsys):
     assert all(ln.count("=") == 1 for ln in lines[1:])
 
 
-def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
+def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch, capsys):
     task = tmp_path / "task.yaml"
     task.write_text(yaml.safe_dump(TASK))
     out = tmp_path / "abl"
@@ -114,6 +114,18 @@ def test_runner_trains_each_variant_and_writes_one_table(tmp_path, monkeypatch):
     assert "stage 1: " in table[3] and "stage 2: " in table[4]
     assert (out / "rewards_grpo_stage1.png").is_file()
     assert yaml.safe_load((out / "full" / "recipe.yaml").read_text())["data"]["n_train"] == 48
+    # A dry run counts what a real one would train: with the finished folder to reuse,
+    # nothing of these three, and of a new stage-2 variant only its stage 2.
+    capsys.readouterr()
+    main([str(ABL / "stage1_no_box.yaml"), str(ABL / "stage2_no_mask_gain.yaml"), "--task",
+          str(task), "--out", str(tmp_path / "dry"), "--reuse", str(out), "--dry-run"])
+    assert ": 0 stage trainings (stages with identical recipes trained once; 6 finished in " \
+        "--out or --reuse, reused)" in capsys.readouterr().out
+    main([str(ABL / "stage2_no_point_refine.yaml"), "--task", str(task), "--out",
+          str(tmp_path / "dry"), "--reuse", str(out), "--dry-run"])
+    assert "2 variants x 1 seed(s): 1 stage trainings (stages with identical recipes trained " \
+        "once; 3 finished in --out or --reuse, reused)" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
     # A later invocation (another output folder) reuses every finished run whole: nothing
     # retrains or re-evaluates, and the earlier run's own files are not written through.
     import rl.ablate
