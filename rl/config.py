@@ -466,6 +466,11 @@ def check(cfg: RunConfig, where: str) -> None:
         if not 0.0 <= stage.min_p < 1.0:
             raise ConfigError(f"{where}.{name}.min_p: expected a share in [0, 1) of the most "
                               f"likely token's probability (0: off), got {stage.min_p!r}")
+        if name == "grpo_stage2" and stage.enabled and stage.on_policy and stage.use_vllm:
+            raise ConfigError(f"{where}.{name}: on_policy with use_vllm: the on-policy rollout "
+                              f"(rl.rollout) generates with transformers, vLLM is not wired for "
+                              f"it; set use_vllm: false, or on_policy: false (the rounds design, "
+                              f"which TRL generates with vLLM)")
         if stage.trainable == "refinement_tokens" and stage.lora:
             raise ConfigError(f"{where}.{name}: trainable refinement_tokens with lora: the "
                               f"rows are trained on the model itself; drop one of them")

@@ -225,3 +225,20 @@ def test_stage_prompts_setting_is_checked(tmp_path):
         load_config(default, {**base, "grpo_stage2": {"prompts": "some"}})
     with pytest.raises(ConfigError, match=r"grpo_stage1\.prompts: proposed keeps the prompts"):
         load_config(default, {**base, "grpo_stage1": {"prompts": "proposed"}})
+
+
+def test_on_policy_stage2_with_vllm_is_refused_when_the_recipe_loads():
+    # The on-policy rollout generates with transformers; before this check the paper recipe
+    # asked for both and would have stopped at stage 2's first step, after its cold start and
+    # stage 1.
+    with pytest.raises(ConfigError, match=r"grpo_stage2: on_policy with use_vllm: .*set "
+                                          r"use_vllm: false, or on_policy: false"):
+        load_config(None, {"grpo_stage2": {"use_vllm": True}})
+    rounds = load_config(None, {"grpo_stage2": {"use_vllm": True, "on_policy": False}})
+    assert rounds.grpo_stage2.use_vllm and not rounds.grpo_stage2.on_policy
+    off = load_config(None, {"grpo_stage2": {"use_vllm": True, "enabled": False}})
+    assert not off.grpo_stage2.enabled
+    assert load_config(None, {"grpo_stage1": {"use_vllm": True}}).grpo_stage1.use_vllm
+    paper = load_config(ROOT / "configs" / "paper_qwen2_5_vl_7b.yaml")
+    assert paper.grpo_stage1.use_vllm and paper.grpo_stage2.on_policy
+    assert not paper.grpo_stage2.use_vllm
