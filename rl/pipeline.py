@@ -63,6 +63,30 @@ def finished_parts(out: Path) -> list[str]:
     return done + [s for s in STAGES if (out / s / "stage.json").is_file()]
 
 
+def check_launch(cfg: RunConfig) -> None:
+    """Refuse, before anything trains, what a GRPO stage would refuse only when it starts (after
+    the cold start, hours on the paper recipe): vLLM rollouts without vLLM installed (TRL's
+    GRPOTrainer raises then), and `trainable: refinement_tokens` under DeepSpeed ZeRO-3
+    (`rl.training.refinement_rows_only`; accelerate names the ZeRO stage of the launch in
+    `ACCELERATE_DEEPSPEED_ZERO_STAGE`)."""
+    import importlib.util
+
+    for name in STAGES[1:]:
+        stage = getattr(cfg, name)
+        if not stage.enabled:
+            continue
+        if stage.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"{name}.use_vllm: vLLM is not installed in this environment; "
+                             f"install the extra (pip install -e \".[vllm]\", GPU only) or set "
+                             f"use_vllm: false")
+        if (stage.trainable == "refinement_tokens"
+                and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+            raise ValueError(f"{name}.trainable: refinement_tokens replaces rows of the "
+                             f"embedding weight, which DeepSpeed ZeRO-3 (this launch's "
+                             f"accelerate config) partitions across processes; launch with "
+                             f"ZeRO-2 or no DeepSpeed, or set trainable: all")
+
+
 def check_resumable(cfg: RunConfig, out: Path) -> None:
     """Refuse to resume in `out` when its finished parts were made by another recipe (their
     stage keys differ): mixing them would report one recipe's metrics for another. Values that
@@ -405,6 +429,7 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
         set_cpu_threads(cfg.cpu_threads)
         t_start = time.perf_counter()
+        check_launch(cfg)
         check_resumable(cfg, self.out)
         write_json(self.out / "config.json", to_dict(cfg), indent=2, default=str)
         build = self.build_config()

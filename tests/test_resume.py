@@ -149,3 +149,32 @@ def test_finished_stages_without_a_recipe_are_refused(tmp_path):
     with pytest.raises(RecipeMismatch, match="no config.json"):
         check_resumable(cfg, out)
     check_resumable(cfg, tmp_path / "empty")  # a new folder is fine
+
+
+def test_what_a_grpo_stage_would_refuse_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    import importlib.util
+
+    from rl.pipeline import Pipeline, check_launch
+
+    default = ROOT / "configs" / "default.yaml"
+    cfg = load_config(default, {"output_dir": str(tmp_path / "zero3")})
+    assert cfg.grpo_stage2.trainable == "refinement_tokens"
+    check_launch(cfg)  # no DeepSpeed: fine
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    check_launch(cfg)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError, match=r"grpo_stage2.trainable: refinement_tokens .* ZeRO-3"):
+        Pipeline(cfg).run()
+    assert not (tmp_path / "zero3" / "model_init").exists()  # refused before the model is built
+    check_launch(load_config(default, {"grpo_stage2": {"trainable": "all"}}))
+    check_launch(load_config(default, {"grpo_stage2": {"enabled": False}}))
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    # vLLM rollouts where vLLM is missing: TRL's trainer would refuse them after the cold start.
+    vllm = load_config(default, {"output_dir": str(tmp_path / "vllm"),
+                                 "grpo_stage1": {"use_vllm": True}})
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ValueError, match=r"grpo_stage1.use_vllm: vLLM is not installed"):
+            Pipeline(vllm).run()
+        assert not (tmp_path / "vllm" / "model_init").exists()
+    else:
+        check_launch(vllm)
