@@ -63,17 +63,18 @@ def finished_parts(out: Path) -> list[str]:
     return done + [s for s in STAGES if (out / s / "stage.json").is_file()]
 
 
-def check_launch(cfg: RunConfig) -> None:
+def check_launch(cfg: RunConfig, out: Path | None = None) -> None:
     """Refuse, before anything trains, what a GRPO stage would refuse only when it starts (after
     the cold start, hours on the paper recipe): vLLM rollouts without vLLM installed (TRL's
     GRPOTrainer raises then), and `trainable: refinement_tokens` under DeepSpeed ZeRO-3
     (`rl.training.refinement_rows_only`; accelerate names the ZeRO stage of the launch in
-    `ACCELERATE_DEEPSPEED_ZERO_STAGE`)."""
+    `ACCELERATE_DEEPSPEED_ZERO_STAGE`). A stage already finished in `out` (a resumed run) is
+    taken back, not trained, and is not checked."""
     import importlib.util
 
     for name in STAGES[1:]:
         stage = getattr(cfg, name)
-        if not stage.enabled:
+        if not stage.enabled or (out is not None and (out / name / "stage.json").is_file()):
             continue
         if stage.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError(f"{name}.use_vllm: vLLM is not installed in this environment; "
@@ -429,7 +430,7 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
         set_cpu_threads(cfg.cpu_threads)
         t_start = time.perf_counter()
-        check_launch(cfg)
+        check_launch(cfg, self.out)
         check_resumable(cfg, self.out)
         write_json(self.out / "config.json", to_dict(cfg), indent=2, default=str)
         build = self.build_config()

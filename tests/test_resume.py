@@ -168,6 +168,9 @@ def test_what_a_grpo_stage_would_refuse_is_refused_before_anything_trains(tmp_pa
     assert not (tmp_path / "zero3" / "model_init").exists()  # refused before the model is built
     check_launch(load_config(default, {"grpo_stage2": {"trainable": "all"}}))
     check_launch(load_config(default, {"grpo_stage2": {"enabled": False}}))
+    (tmp_path / "zero3" / "grpo_stage2").mkdir()  # resumed with stage 2 finished: taken back
+    (tmp_path / "zero3" / "grpo_stage2" / "stage.json").write_text("{}")
+    check_launch(cfg, tmp_path / "zero3")
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     # vLLM rollouts where vLLM is missing: TRL's trainer would refuse them after the cold start.
     vllm = load_config(default, {"output_dir": str(tmp_path / "vllm"),
