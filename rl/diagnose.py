@@ -1,5 +1,5 @@
 """What a checkpoint reads and sees, on fresh synthetic scenes (docs/experiments.md, "Binding a
-word to an object"). Five questions, each a subcommand:
+word to an object"). Six questions, each a subcommand:
 
 - `attributes`: on attribute rows of scenes of the default's kind, which object the model picks,
   split by what tells the named object apart (only its colour, only its shape, both), and by
@@ -22,16 +22,26 @@ word to an object"). Five questions, each a subcommand:
   scored by the run's stage-2 rewards (`rl.evaluate.sampled_rewards`). If the sampled
   reward rises by the gap between the earlier policy's sampled and greedy refinements and
   the greedy refinement is unchanged, the stage only collapsed its sampling onto the answer
-  the policy already gave greedily (docs/experiments.md, "What stage 2 learns").
+  the policy already gave greedily (docs/experiments.md, "What stage 2 learns");
+- `confidence`: whether the model's own confidence in its greedy proposal (the lowest
+  teacher-forced log-probability of its grid tokens) tells a wrong proposal (IoU < 0.5) from a
+  right one, and a no-target row's proposal (which should have been nothing) from the others:
+  each as an AUC with its bootstrap interval; and what replacing every proposal less confident
+  than a threshold by "nothing" would give (the threshold tuned on the first half of the scenes,
+  the gIoU change measured on the second half with its paired interval): what the policy knows
+  about its own proposal's being wrong (docs/experiments.md, "What the policy's own confidence
+  says").
 
     python -m rl.diagnose attributes runs/default [--stage sft] [--n 400]
     python -m rl.diagnose captions runs/x --objects 2 4
     python -m rl.diagnose inventory runs/x --objects 2 2 --distractors shape
     python -m rl.diagnose refinements runs/default --stage grpo_stage2 --n 1000
     python -m rl.diagnose sharpening runs/default --stage grpo_stage2 --n 256
+    python -m rl.diagnose confidence runs/default --stage grpo_stage1 --n 2000
 
 Scenes come from seed `data.seed + 2,000,014` (neither training, held-out nor validation) and
-carry attribute rows only (`refinements`, `sharpening`: the run's expression kinds). Prints
+carry attribute rows only (`refinements`, `sharpening`, `confidence`: the run's expression
+kinds). Prints
 one JSON object.
 """
 
@@ -254,6 +264,112 @@ def sharpening_report(models: dict, rows: Sequence[dict], ctx, stage, samples: i
             "after_greedy_minus_before_greedy": diff(("after", "greedy"), ("before", "greedy"))}
 
 
+def answer_logprobs(model, processor, prompts: Sequence[list], images: Sequence,
+                    answers: Sequence[str], token_ids) -> list[list[float]]:
+    """The log-probability the model gives each token of `answers[k]` that is in `token_ids`,
+    teacher-forced after `prompts[k]` (its chat template with the generation prompt), one
+    sample at a time (no padding)."""
+    import torch
+
+    keep = set(int(i) for i in token_ids)
+    out = []
+    for prompt, image, answer in zip(prompts, images, answers, strict=True):
+        head = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        n_head = processor(text=[head], images=[image], return_tensors="pt")["input_ids"].shape[1]
+        enc = processor(text=[head + answer], images=[image], return_tensors="pt")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**enc).logits[0, :-1].float(), dim=-1)
+        ids = enc["input_ids"][0].tolist()
+        out.append([float(logp[i - 1, ids[i]]) for i in range(n_head, len(ids)) if ids[i] in keep])
+    return out
+
+
+def _auc(pos, neg) -> float:
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+
+
+def separation(score, positive, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """How well `score` ranks the `positive` samples above the others: the AUC (the chance a
+    positive scores higher than a negative, ties half) and its 95 % bootstrap interval (each
+    group resampled)."""
+    import numpy as np
+
+    s, pos = np.asarray(score, float), np.asarray(positive, bool)
+    a, b = s[pos], s[~pos]
+    if not len(a) or not len(b):
+        return {"auc": None, "interval": None, "positives": int(len(a)), "negatives": int(len(b))}
+    rng = np.random.default_rng(seed)
+    boot = [_auc(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+            for _ in range(n_resamples)]
+    return {"auc": _auc(a, b), "interval": [float(np.percentile(boot, 2.5)),
+                                             float(np.percentile(boot, 97.5))],
+            "positives": int(len(a)), "negatives": int(len(b))}
+
+
+def confidence_table(confidence: Sequence[float | None], ious: Sequence[float],
+                     no_target: Sequence[bool]) -> dict:
+    """`confidence` (None: no proposal) against what a proposal was worth (`ious`; `no_target`:
+    the row names nothing, so "nothing" scores 1 there and 0 elsewhere). Returns the AUCs of low
+    confidence for a wrong proposal (IoU < 0.5) and for a no-target row's proposal, over the rows
+    with a proposal; and the threshold below which replacing the proposal by "nothing" gains
+    most on the first half of the rows, with the gIoU change it gives on the second half."""
+    from rl.metrics import paired_difference
+
+    has = [c is not None for c in confidence]
+    rows = [k for k, h in enumerate(has) if h]
+    low = [-confidence[k] for k in rows]
+
+    def answered_nothing(k, threshold):
+        return threshold is not None and has[k] and confidence[k] < threshold
+
+    def after(ks, threshold):
+        return [(1.0 if no_target[k] else 0.0) if answered_nothing(k, threshold) else ious[k]
+                for k in ks]
+
+    half = len(confidence) // 2
+    tune, test = range(half), range(half, len(confidence))
+    seen = sorted({confidence[k] for k in tune if has[k]})
+    candidates = seen + [seen[-1] + 1.0] if seen else []  # the last: every proposal
+    best = None  # answer nothing nowhere
+    best_gain = 0.0
+    for th in candidates:
+        g = sum(after(tune, th)) - sum(ious[k] for k in tune)
+        if g > best_gain + 1e-12:
+            best, best_gain = th, g
+    return {"rows": len(confidence), "with_proposal": len(rows),
+            "wrong_proposals": sum(ious[k] < 0.5 for k in rows),
+            "no_target_proposals": sum(bool(no_target[k]) for k in rows),
+            "low_confidence_finds_wrong": separation(low, [ious[k] < 0.5 for k in rows]),
+            "low_confidence_finds_no_target": separation(low, [no_target[k] for k in rows]),
+            "answer_nothing_below": {
+                "threshold": best, "tuned_on": half,
+                "tuning_gain": best_gain / max(half, 1),
+                "deleted": sum(answered_nothing(k, best) for k in test),
+                "gIoU_change": paired_difference(after(test, best), [ious[k] for k in test])}}
+
+
+def confidence_report(model, rows: Sequence[dict], ctx, max_new_tokens: int) -> dict:
+    """`confidence` (module doc) on GRPO-style rows: greedy proposals, their grid tokens' lowest
+    log-probability, scored against the rows' solutions."""
+    from rl.evaluate import EvalSettings, predict, score
+
+    prompts, images = [r["prompt"] for r in rows], [r["image"] for r in rows]
+    preds = predict(model, prompts, images, ctx, EvalSettings(0, max_new_tokens, 64))
+    ious = [s.iou for s in score(preds, images, [r["solution"] for r in rows], ctx.decoder())]
+    tok = getattr(ctx.processor, "tokenizer", ctx.processor)
+    grid = tok.convert_tokens_to_ids(list(ctx.vocab.grid_tokens()))
+    with_proposal = [k for k, p in enumerate(preds) if p.instances]
+    logps = answer_logprobs(model, ctx.processor, [prompts[k] for k in with_proposal],
+                            [images[k] for k in with_proposal],
+                            [preds[k].stage1 for k in with_proposal], grid)
+    confidence: list[float | None] = [None] * len(rows)
+    for k, lp in zip(with_proposal, logps, strict=True):
+        confidence[k] = min(lp) if lp else None
+    return confidence_table(confidence, ious, [r.get("kind") == "none" for r in rows])
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -266,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m rl.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["attributes", "captions", "inventory", "refinements",
-                                    "sharpening"])
+                                    "sharpening", "confidence"])
     p.add_argument("run", help="a run folder (config.json and the stage's checkpoint)")
     p.add_argument("--stage", default="sft")
     p.add_argument("--n", type=int, default=400, help="scenes")
@@ -287,12 +403,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ctx = RunContext.from_config(cfg, processor)
     build = BuildConfig(vocab=ctx.vocab, codec=ctx.codec,
                         image_after_text=cfg.data.image_after_text)
-    if args.what in ("refinements", "sharpening"):
+    if args.what in ("refinements", "sharpening", "confidence"):
         recs = _scenes(cfg, args.n, args.objects or cfg.data.objects, cfg.data.distractors,
                        cfg.data.kinds)
         rows = list(build_grpo_stage1(recs, ctx.prompts, build))
         if args.what == "refinements":
             result = refinement_report(model, rows, ctx, args.max_new_tokens)
+        elif args.what == "confidence":
+            result = confidence_report(model, rows, ctx, args.max_new_tokens)
         else:
             before = AutoModelForImageTextToText.from_pretrained(
                 f"{args.run}/{args.before}", use_kernels=False).eval()

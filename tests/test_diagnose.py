@@ -84,7 +84,7 @@ def test_inventory_table_of_perfect_and_wrong_answers():
 
 
 @pytest.mark.parametrize("what", ["attributes", "captions", "inventory", "refinements",
-                                  "sharpening"])
+                                  "sharpening", "confidence"])
 def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
     import shutil
 
@@ -114,6 +114,8 @@ def test_the_cli_runs_on_a_checkpoint(grid8_model, tmp_path, what):
         assert result["after_greedy_minus_before_greedy"]["difference"] == 0.0
         d = result["before_greedy_minus_before_sampled"]["difference"]
         assert d == pytest.approx(r["before_greedy"] - r["before_sampled"])
+    if what == "confidence":
+        assert result["answer_nothing_below"]["gIoU_change"]["samples"] == 2
     if what == "refinements":
         g = result["gIoU"]
         assert g["oracle_round"] >= g["proposal"] - 1e-9  # the oracle never spoils a proposal
@@ -134,3 +136,64 @@ def test_refinement_table_by_hand():
     assert table["points"]["move"]["n"] == 0
     assert table["points_as_oracle"] == 0.5
     assert table["box_corners"] == 2 and table["box_corners_as_oracle"] == 0.5
+
+
+def test_confidence_table_by_hand():
+    from rl.diagnose import confidence_table
+
+    # Tuning half (rows 0-2): a right proposal, a no-target row's proposal, no proposal.
+    # Test half (rows 3-5): a no-target proposal, a right one just under the threshold, another
+    # no-target proposal.
+    conf = [-0.1, -2.0, None, -3.0, -0.2, -2.5]
+    ious = [1.0, 0.0, 0.0, 0.0, 0.9, 0.0]
+    none = [False, True, True, True, False, True]
+    t = confidence_table(conf, ious, none)
+    assert (t["rows"], t["with_proposal"], t["wrong_proposals"], t["no_target_proposals"]) == \
+        (6, 5, 3, 3)
+    # Low confidence ranks every wrong (and no-target) proposal above every right one.
+    assert t["low_confidence_finds_wrong"]["auc"] == 1.0
+    assert t["low_confidence_finds_no_target"]["auc"] == 1.0
+    a = t["answer_nothing_below"]
+    # Below -0.1 only row 1 answers nothing on the tuning half: +1 over 3 rows; below the
+    # highest value + 1 row 0 is lost too (gain 0); below -2.0 nothing changes.
+    assert a["threshold"] == -0.1 and a["tuning_gain"] == pytest.approx(1 / 3)
+    # On the test half all three answer nothing: +1, -0.9, +1.
+    assert a["deleted"] == 3
+    assert a["gIoU_change"]["difference"] == pytest.approx((1 - 0.9 + 1) / 3)
+    # Where answering nothing never pays, nothing is deleted.
+    flat = confidence_table([-1.0, -2.0, -1.0, -2.0], [1.0, 0.0, 1.0, 0.0], [False] * 4)
+    assert flat["answer_nothing_below"]["threshold"] is None
+    assert flat["answer_nothing_below"]["deleted"] == 0
+
+
+def test_answer_logprobs_are_the_greedy_decoder_s_own(grid8_model):
+    # Teacher-forced log-probabilities of a greedy answer equal the scores generate() gave its
+    # tokens: the positions are aligned (no off-by-one), and only the asked-for ids are kept.
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rl.diagnose import answer_logprobs
+
+    proc = AutoProcessor.from_pretrained(grid8_model)
+    model = AutoModelForImageTextToText.from_pretrained(grid8_model, use_kernels=False).eval()
+    image = np.full((112, 112, 3), 90, np.uint8)
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    prompt = [{"role": "user", "content": [{"type": "image"},
+                                           {"type": "text", "text": "Find the red circle."}]}]
+    head = proc.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    enc = proc(text=[head], images=[pil], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+    new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+    expected = [float(torch.log_softmax(s[0].float(), -1)[i]) for s, i in zip(out.scores, new)]
+    text = proc.tokenizer.decode(new, skip_special_tokens=False)
+    assert proc(text=[head + text], images=[pil], return_tensors="pt")["input_ids"][0].tolist()[
+        enc["input_ids"].shape[1]:] == new  # the decoded answer tokenizes back to itself
+    got = answer_logprobs(model, proc, [prompt], [pil], [text], set(new))
+    assert got[0] == pytest.approx(expected, abs=1e-4)
+    keep = {new[0]}
+    assert answer_logprobs(model, proc, [prompt], [pil], [text], keep)[0] == pytest.approx(
+        [e for e, i in zip(expected, new) if i in keep], abs=1e-4)
