@@ -67,10 +67,12 @@ def check_launch(cfg: RunConfig, out: Path | None = None) -> None:
     """Refuse, before anything trains, what a GRPO stage would refuse only when it starts (after
     the cold start, hours on the paper recipe): vLLM rollouts without vLLM installed (TRL's
     GRPOTrainer raises then), and `trainable: refinement_tokens` under DeepSpeed ZeRO-3
-    (`rl.training.refinement_rows_only`; accelerate names the ZeRO stage of the launch in
-    `ACCELERATE_DEEPSPEED_ZERO_STAGE`). A stage already finished in `out` (a resumed run) is
-    taken back, not trained, and is not checked."""
+    (`rl.training.refinement_rows_only`; the launch's ZeRO stage: `rl.training.zero3_launch`).
+    A stage already finished in `out` (a resumed run) is taken back, not trained, and is not
+    checked."""
     import importlib.util
+
+    from rl.training import ROWS_UNDER_ZERO3, zero3_launch
 
     for name in STAGES[1:]:
         stage = getattr(cfg, name)
@@ -80,12 +82,8 @@ def check_launch(cfg: RunConfig, out: Path | None = None) -> None:
             raise ValueError(f"{name}.use_vllm: vLLM is not installed in this environment; "
                              f"install the extra (pip install -e \".[vllm]\", GPU only) or set "
                              f"use_vllm: false")
-        if (stage.trainable == "refinement_tokens"
-                and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
-            raise ValueError(f"{name}.trainable: refinement_tokens replaces rows of the "
-                             f"embedding weight, which DeepSpeed ZeRO-3 (this launch's "
-                             f"accelerate config) partitions across processes; launch with "
-                             f"ZeRO-2 or no DeepSpeed, or set trainable: all")
+        if stage.trainable == "refinement_tokens" and zero3_launch():
+            raise ValueError(f"{name}.{ROWS_UNDER_ZERO3} (or trainable: all)")
 
 
 def check_resumable(cfg: RunConfig, out: Path) -> None:

@@ -225,6 +225,17 @@ def refinement_token_ids(tokenizer, vocab) -> list[int]:
     return [int(ids[t]) for t in vocab.offset_tokens() + [DELETE_TOKEN]]
 
 
+ROWS_UNDER_ZERO3 = ("trainable: refinement_tokens replaces rows of the embedding weight, which "
+                    "DeepSpeed ZeRO-3 partitions across processes; use ZeRO-2 or no DeepSpeed "
+                    "for this stage")
+
+
+def zero3_launch() -> bool:
+    """Whether this process was launched under DeepSpeed ZeRO-3 (accelerate names the launch's
+    ZeRO stage in `ACCELERATE_DEEPSPEED_ZERO_STAGE`)."""
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+
+
 @contextmanager
 def refinement_rows_only(model, ids):
     """Within the block the model trains only rows `ids` of its input embeddings and LM head
@@ -239,11 +250,8 @@ def refinement_rows_only(model, ids):
     from torch.nn.utils import parametrize
 
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    if (hasattr(embed.weight, "ds_id")
-            or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
-        raise ValueError("trainable: refinement_tokens replaces rows of the embedding weight, "
-                         "which DeepSpeed ZeRO-3 partitions across processes; use ZeRO-2 or "
-                         "no DeepSpeed for this stage")
+    if hasattr(embed.weight, "ds_id") or zero3_launch():
+        raise ValueError(ROWS_UNDER_ZERO3)
     before = [(q, q.requires_grad) for q in model.parameters()]
     for q, _ in before:
         q.requires_grad_(False)
